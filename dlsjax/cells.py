@@ -1,0 +1,303 @@
+"""The DAG inside a cell or a learnable stem, for search (mixed) and derived nets.
+
+Search (``MixedDAG``): every edge carries all operations, mixed with
+per-edge weights ``w[E, K]`` (computed by the supernet from alphas and
+masks). All edges that leave one source node share their input, so each
+operation is evaluated for all of them in *one* ``nn.vmap`` call with the
+parameters stacked on a leading edge axis and the input broadcast. A kxk
+convolution with a batched kernel and a shared input then lowers to a single
+convolution with ``edges * C`` outputs, and parameter-free ops (pooling,
+identity) are computed once per source instead of once per edge. This keeps
+the compiled graph small: a cell costs ``n_inputs + n_inner - 1`` traced
+calls per operation instead of one per edge.
+
+Derived (``DerivedDAG``): each kept edge applies its one chosen operation.
+Its parameters have exactly the structure of one slice of the search
+parameters (``edge_params_from_search`` maps them), which the equivalence
+test relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dlsjax import ops
+from dlsjax.layers import OpContext
+from dlsjax.topology import Topology
+
+
+class OpCall(nn.Module):
+  """Applies the registered op ``op_name``; the unit the supernet vmaps over edges."""
+
+  op_name: str
+  C: int
+  stride: int
+  ctx: OpContext
+
+  @nn.compact
+  def __call__(self, x):
+    return ops.get_op(self.op_name).build(self.C, self.stride, self.ctx)(x)
+
+
+def _edge_stride(topology: Topology, reduction: bool, source: int) -> int:
+  return 2 if reduction and source < topology.n_inputs else 1
+
+
+def derived_param_name(edge: int) -> str:
+  return f"edge{edge}"
+
+
+def drop_path_mask(rng, keep_prob, shape):
+  """Per-sample DropPath multiplier: Bernoulli(keep) / keep."""
+  keep = jax.random.bernoulli(rng, keep_prob, shape)
+  return keep.astype(jnp.float32) / keep_prob
+
+
+def _finish(topology: Topology, inner_index: int, parts: list):
+  if topology.is_concat_node(inner_index):
+    return jnp.concatenate(parts, axis=-1)
+  out = parts[0]
+  for p in parts[1:]:
+    out = out + p
+  return out
+
+
+def segments(topology: Topology, reduction: bool) -> tuple[tuple[int, int, int], ...]:
+  """``(first source, end source, stride)`` runs of sources evaluated by one ``lax.scan``.
+
+  All sources of a run share their input shape and stride, so one compiled
+  body serves them all: a normal cell or a learnable stem is one run; a
+  reduction cell is two (its inputs at stride 2, its inner nodes at stride 1).
+  """
+  n_in, n_src = topology.n_inputs, topology.n_inputs + topology.n_inner - 1
+  if not reduction:
+    return ((0, n_src, 1),)
+  runs = [(0, n_in, 2)]
+  if n_src > n_in:
+    runs.append((n_in, n_src, 1))
+  return tuple(runs)
+
+
+def edge_slot(topology: Topology, reduction: bool, edge: int) -> tuple[int, int, int]:
+  """Where edge ``e`` lives in the stacked search parameters: (run, source in run, target slot)."""
+  source, target = topology.edges[edge]
+  for r, (t0, t1, _) in enumerate(segments(topology, reduction)):
+    if t0 <= source < t1:
+      return r, source - t0, target - topology.n_inputs
+  raise AssertionError(edge)
+
+
+def search_param_name(run: int, op_name: str) -> str:
+  return f"run{run}_{op_name}"
+
+
+def _slot_edges(topology: Topology) -> np.ndarray:
+  """``int[n_sources, n_inner]``: edge number of (source, target slot), -1 where none."""
+  n_src = topology.n_inputs + topology.n_inner - 1
+  idx = np.full((n_src, topology.n_inner), -1, np.int64)
+  for e, (s, t) in enumerate(topology.edges):
+    idx[s, t - topology.n_inputs] = e
+  return idx
+
+
+class MixedDAG(nn.Module):
+  """Search-time DAG: ``x_j = sum_i sum_k w[(i,j), k] * op_k(x_i)``.
+
+  ``__call__(inputs, weights_EK, drop_prob)`` returns the list of inner node
+  values. ``weights_EK`` already includes masks (zeroed ops/edges). DropPath
+  (per sample, per edge and op, identity ops excluded) is applied when
+  ``drop_path`` is set and a ``dropout`` rng is given.
+
+  Layout: sources are processed by ``lax.scan`` over runs of equal shape
+  (:func:`segments`); at each source all operations are evaluated for every
+  target slot with ``jax.vmap`` (parameters stacked ``[sources, n_inner,
+  ...]``, input shared). Slots of non-existent edges (target <= source) get
+  zero weight: a little wasted arithmetic buys one compiled body per run,
+  which keeps XLA's compile time small. Their parameters exist but never
+  receive gradient; :func:`count_search_params` leaves them out.
+  """
+
+  topology: Topology
+  op_set: tuple[str, ...]
+  C: int
+  reduction: bool
+  ctx: OpContext
+  drop_path: bool = False
+
+  @nn.compact
+  def __call__(self, inputs: Sequence[jax.Array], weights_EK: jax.Array, drop_prob=0.0):
+    topo = self.topology
+    n_in, n_inner = topo.n_inputs, topo.n_inner
+    if len(inputs) != n_in:
+      raise ValueError(f"expected {n_in} inputs, got {len(inputs)}")
+    shapes = {x.shape for x in inputs}
+    if len(shapes) != 1:
+      raise ValueError(f"inputs of a part must share their shape, got {sorted(shapes)}")
+    batch, res = inputs[0].shape[0], inputs[0].shape[1]
+    in_stride = 2 if self.reduction else 1
+    out_res = res // in_stride
+    K = len(self.op_set)
+    slot_edges = _slot_edges(topo)
+    exists = jnp.asarray(slot_edges >= 0)
+    safe = np.maximum(slot_edges, 0)
+    w_SJK = jnp.where(exists[..., None], weights_EK[safe], 0.0)  # [src, slot, K]
+    coef_SJBK = jnp.broadcast_to(w_SJK[:, :, None, :], (*w_SJK.shape[:2], batch, K))
+    if self.drop_path:
+      drop_BEK = drop_path_mask(
+        self.make_rng("dropout"), 1.0 - drop_prob, (batch, topo.num_edges, K)
+      )
+      drop_SJBK = jnp.transpose(drop_BEK[:, safe, :], (1, 2, 0, 3))
+    x_in = jnp.stack(inputs)  # [n_in, B, H, W, C_in]
+    nodes = jnp.zeros((n_in + n_inner, batch, out_res, out_res, self.C), inputs[0].dtype)
+    if in_stride == 1:
+      nodes = nodes.at[:n_in].set(x_in)
+    n_src = n_in + n_inner - 1
+    last = jnp.zeros((n_src, batch, out_res, out_res, self.C), nodes.dtype)
+    concat_last = topo.concat_last
+    stats_mutable = self.is_mutable_collection("batch_stats")
+
+    for r, (t0, t1, stride) in enumerate(segments(topo, self.reduction)):
+      n_t = t1 - t0
+      live = [(k, n) for k, n in enumerate(self.op_set) if not ops.get_op(n).is_zero]
+      mods, params, stats, stat_keys = {}, {}, {}, []
+      example = x_in[0] if t0 < n_in else nodes[0]
+      for k, name in live:
+        mod = OpCall(name, self.C, stride, dataclasses.replace(self.ctx, edge_batched=True))
+        mods[k] = mod
+        key = search_param_name(r, name)
+
+        def init_fn(rng, mod=mod, example=example, n_t=n_t):
+          rngs = jax.random.split(rng, n_t * n_inner).reshape(n_t, n_inner, -1)
+          return jax.vmap(jax.vmap(lambda q: mod.init(q, example)))(rngs)
+
+        if self.is_initializing():
+          full = init_fn(self.make_rng("params"))
+          params[k] = self.param(key, lambda _, f=full: f["params"]) if full.get("params") else {}
+          stats[k] = (
+            self.variable("batch_stats", key, lambda f=full: f["batch_stats"]).value
+            if full.get("batch_stats")
+            else {}
+          )
+        else:
+          params[k] = self.get_variable("params", key, {})
+          stats[k] = self.get_variable("batch_stats", key, {})
+        stat_keys.append((k, key))
+
+      coef = coef_SJBK[t0:t1]
+      if self.drop_path:
+        ident = np.array([ops.get_op(n).identity_at_stride1 and stride == 1 for n in self.op_set])
+        coef = coef * jnp.where(jnp.asarray(ident), 1.0, drop_SJBK[t0:t1])
+
+      def body(carry, xs, t0=t0, stride=stride, mods=mods):
+        nodes, last = carry
+        t, p_t, s_t, coef_t = xs
+        if t0 < n_in and stride != 1:
+          x = lax.dynamic_index_in_dim(x_in, t, keepdims=False)
+        else:
+          x = lax.dynamic_index_in_dim(nodes, t, keepdims=False)
+        total, new_s = None, {}
+        for k, mod in mods.items():
+
+          def one(p, s, mod=mod):
+            y, upd = mod.apply({"params": p, "batch_stats": s}, x, mutable=["batch_stats"])
+            return y, upd.get("batch_stats", {})
+
+          y, new_s[k] = jax.vmap(one, axis_size=n_inner)(p_t[k], s_t[k])  # [J, B, h, w, C]
+          term = coef_t[:, :, k][:, :, None, None, None] * y
+          total = term if total is None else total + term
+        if concat_last:
+          last = lax.dynamic_update_index_in_dim(last, total[-1], t, 0)
+          total = total.at[-1].set(0.0)
+        nodes = nodes.at[n_in:].add(total)
+        return (nodes, last), new_s
+
+      ts = jnp.arange(t0, t1)
+      (nodes, last), new_stats = lax.scan(body, (nodes, last), (ts, params, stats, coef))
+      if stats_mutable and not self.is_initializing():
+        for k, key in stat_keys:
+          if stats[k]:
+            self.put_variable("batch_stats", key, new_stats[k])
+
+    inner = [nodes[n_in + j] for j in range(n_inner)]
+    if concat_last:
+      inner[-1] = jnp.concatenate([last[t] for t in range(n_src)], axis=-1)
+    return inner
+
+
+class DerivedDAG(nn.Module):
+  """Derived DAG: each kept edge applies one op; ``choice[e] = op index`` or -1 (pruned)."""
+
+  topology: Topology
+  op_set: tuple[str, ...]
+  choice: tuple[int, ...]
+  C: int
+  reduction: bool
+  ctx: OpContext
+  drop_path: bool = False
+
+  @nn.compact
+  def __call__(self, inputs: Sequence[jax.Array], drop_prob=0.0):
+    topo = self.topology
+    if len(inputs) != topo.n_inputs:
+      raise ValueError(f"expected {topo.n_inputs} inputs, got {len(inputs)}")
+    nodes = list(inputs)
+    for j in range(topo.n_inner):
+      parts = []
+      for e in topo.node_edges(j):
+        k = self.choice[e]
+        if k < 0:
+          continue
+        source = topo.edges[e][0]
+        stride = _edge_stride(topo, self.reduction, source)
+        name = self.op_set[k]
+        op = ops.get_op(name)
+        y = OpCall(name, self.C, stride, self.ctx, name=derived_param_name(e))(nodes[source])
+        if self.drop_path and not (op.identity_at_stride1 and stride == 1):
+          keep = drop_path_mask(self.make_rng("dropout"), 1.0 - drop_prob, (y.shape[0],))
+          y = y * keep[:, None, None, None]
+        parts.append(y)
+      if not parts:
+        raise ValueError(f"inner node {j} has no kept precedent")
+      nodes.append(_finish(topo, j, parts))
+    return nodes[topo.n_inputs :]
+
+
+def edge_params_from_search(
+  topology: Topology,
+  reduction: bool,
+  search_tree: dict,
+  choice: Sequence[int],
+  op_set: Sequence[str],
+) -> dict:
+  """Map one collection (params or batch_stats) of a MixedDAG to a DerivedDAG.
+
+  For each kept edge ``e`` with op ``k``: the slice ``[source in run, target
+  slot]`` of ``run{r}_{op}``.
+  """
+  out = {}
+  for e, k in enumerate(choice):
+    if k < 0:
+      continue
+    r, t, j = edge_slot(topology, reduction, e)
+    key = search_param_name(r, op_set[k])
+    if key in search_tree:
+      out[derived_param_name(e)] = jax.tree.map(lambda a, t=t, j=j: a[t, j], search_tree[key])
+  return out
+
+
+def search_param_count(topology: Topology, reduction: bool, params: dict) -> int:
+  """Parameters of the real edges only (the padding slots are left out)."""
+  total = 0
+  for e in range(topology.num_edges):
+    r, t, j = edge_slot(topology, reduction, e)
+    for key, tree in params.items():
+      if key.startswith(f"run{r}_"):
+        total += sum(int(np.prod(a.shape[2:])) for a in jax.tree.leaves(tree))
+  return total

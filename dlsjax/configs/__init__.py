@@ -1,0 +1,20 @@
+"""Named configs. ``get_config("paper")`` etc.; each module has ``get_config(arg)``."""
+
+from __future__ import annotations
+
+import importlib
+
+CONFIGS = {
+  "paper": "search_paper",
+  "paper_train": "train_paper",
+  "darts_cifar": "search_darts_cifar",
+  "darts_cifar_train": "train_darts_cifar",
+}
+
+
+def get_config(name: str, arg: str | None = None):
+  """The ConfigDict of a named config; ``arg`` is passed to its ``get_config``."""
+  if name not in CONFIGS:
+    raise KeyError(f"unknown config {name!r}; available: {sorted(CONFIGS)}")
+  module = importlib.import_module(f"dlsjax.configs.{CONFIGS[name]}")
+  return module.get_config(arg) if arg is not None else module.get_config()

@@ -1,0 +1,62 @@
+"""Model defaults shared by the search and training configs (paper, Section III-B)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+PAPER_MODALITIES = (
+  {"name": "WL", "channels": 3, "fluorescence": False},
+  {"name": "NIR1", "channels": 3, "fluorescence": True},
+  {"name": "NIR2", "channels": 3, "fluorescence": True},
+)
+PAPER_CLASSES = ("I", "II", "III", "IV")
+
+
+def paper_model() -> ml_collections.ConfigDict:
+  """DLS-DARTS macro structure: every value is the paper's (Section III-B)."""
+  m = ml_collections.ConfigDict()
+  m.layout = "dls"  # reduction-first groups: K_r x (reduction + K normal cells)
+  m.modalities = [dict(d) for d in PAPER_MODALITIES]  # each mode has 3 channels
+  m.num_classes = len(PAPER_CLASSES)
+  m.c_sin_search = 48  # C_sin during search
+  m.c_sin_train = 144  # C_sin during training
+  m.c_sout = None  # None = 2 * C_sin
+  m.k_r = 3  # groups (one reduction cell each)
+  m.k_search = 1  # normal cells per group in search
+  m.k_train = 1  # normal cells per group in training
+  m.stem_inner_nodes = 2  # N_s
+  m.cell_inner_nodes = 3  # N = 6: 2 inputs, 3 inner, 1 output
+  m.op_set = "paper10"  # a named set (darts8 | paper9 | paper10) or "name,name,..."
+  m.fusing_stem = "learnable"  # learnable | concat (ablation) | identity
+  m.fl_stem = "learnable"  # learnable | concat (ablation) | off
+  m.fl_stem_cells = 2  # the FL Stem output feeds s0 of the first two cells
+  # Not stated in the paper: the node channel count C of the cells before the
+  # first reduction, as C_sin // divisor (each reduction cell doubles it).
+  # With 4 the training network has C = 36 (DARTS' evaluation width) and its
+  # derived networks land near the paper's 5.11 M parameters (argmax genotypes
+  # of random alphas: 4.9-18 M; with 2: 17-65 M; see benchmarks/RESULTS.md).
+  m.cell_channels_divisor = 4
+  m.resolution = 64
+  m.depthwise_impl = "auto"  # auto | xla | dense
+  # Only used by layout == "darts".
+  m.layers_search = 8
+  m.layers_train = 20
+  m.darts_c_search = 16
+  m.darts_c_train = 36
+  m.darts_stem_multiplier = 3
+  return m
+
+
+def darts_cifar_model() -> ml_collections.ConfigDict:
+  """The original DARTS CIFAR-10 search space / NetworkCIFAR (REFERENCE.md)."""
+  m = paper_model()
+  m.layout = "darts"
+  m.modalities = [{"name": "image", "channels": 3, "fluorescence": False}]
+  m.num_classes = 10
+  m.op_set = "darts8"
+  m.fusing_stem = "identity"  # the manual 3x3 stem to 3C feeds both inputs of cell 0
+  m.fl_stem = "off"
+  m.cell_inner_nodes = 4
+  m.cell_channels_divisor = 0  # unused: C comes from darts_c_*
+  m.resolution = 32
+  return m

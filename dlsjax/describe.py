@@ -1,0 +1,122 @@
+"""Size, cost and compile facts of a search space or a derived network.
+
+``dlsjax describe`` prints them. FLOPs come from XLA's cost analysis of the
+forward pass for one image at the config's input size (XLA counts a
+multiply-add as 2 FLOPs); the HLO size and compile time are those of the
+jitted forward (eval mode, batch 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlsjax import derived_net, supernet
+from dlsjax.netspec import NetworkSpec
+
+
+def count_params(params: Mapping, exclude: tuple[str, ...] = ()) -> int:
+  return int(
+    sum(np.prod(x.shape) for k, v in params.items() if k not in exclude for x in jax.tree.leaves(v))
+  )
+
+
+def _forward_facts(fn, args, compile_: bool) -> dict:
+  t0 = time.perf_counter()
+  lowered = jax.jit(fn).lower(*args)
+  trace_s = time.perf_counter() - t0
+  hlo = lowered.as_text()
+  out = {"hlo_lines": len(hlo.splitlines()), "trace_s": round(trace_s, 2)}
+  cost = None
+  if compile_:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    out["compile_s"] = round(time.perf_counter() - t0, 2)
+    cost = compiled.cost_analysis()
+  if not cost:
+    cost = lowered.cost_analysis()
+  if isinstance(cost, list | tuple):
+    cost = cost[0] if cost else {}
+  out["flops_per_image"] = int(cost.get("flops", 0)) if cost else None
+  return out
+
+
+def describe_search_space(spec: NetworkSpec, *, compile_: bool = True) -> dict:
+  shapes = jax.eval_shape(lambda: supernet.init(spec, jax.random.PRNGKey(0)))
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
+  masks = supernet.init_masks(spec)
+  images = supernet.dummy_images(spec, 1)
+
+  def fwd(variables, images, alphas, masks):
+    return supernet.apply(variables, images, alphas, masks, spec=spec, train=False)[0]
+
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_)
+  return {
+    "kind": "search_space",
+    "params": count_params(shapes["params"]),
+    "alphas": int(sum(a.size for a in alphas.values())),
+    "parts": {
+      p: {
+        "edges": t.num_edges,
+        "ops": len(spec.op_set),
+        "inputs": t.n_inputs,
+        "inner_nodes": t.n_inner,
+      }
+      for p, t in spec.topologies().items()
+    },
+    "cells": list(spec.cells),
+    "op_set": list(spec.op_set),
+    "input_shape": {
+      m.name: [spec.resolution, spec.resolution, m.channels] for m in spec.modalities
+    },
+    **facts,
+  }
+
+
+def describe_derived(
+  spec: NetworkSpec, choice, *, aux_head: bool = False, compile_: bool = True
+) -> dict:
+  model = derived_net.make_derived_net(spec, choice, aux_head=aux_head)
+  shapes = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
+  images = supernet.dummy_images(spec, 1)
+
+  def fwd(variables, images):
+    return model.apply(variables, images, train=False)
+
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  facts = _forward_facts(fwd, (variables, images), compile_)
+  out = {
+    "kind": "derived_network",
+    "params": count_params(shapes["params"], exclude=("aux_head",)),
+    "cells": list(spec.cells),
+    "input_shape": {
+      m.name: [spec.resolution, spec.resolution, m.channels] for m in spec.modalities
+    },
+    **facts,
+  }
+  if aux_head:
+    out["params_aux_head"] = count_params({"a": shapes["params"]["aux_head"]})
+  return out
+
+
+def format_table(d: dict) -> str:
+  rows = []
+  for k, v in d.items():
+    if isinstance(v, dict) and k == "parts":
+      for p, pv in v.items():
+        rows.append((f"part {p}", ", ".join(f"{a}={b}" for a, b in pv.items())))
+    elif isinstance(v, dict):
+      rows.append((k, ", ".join(f"{a}={b}" for a, b in v.items())))
+    elif isinstance(v, list):
+      rows.append((k, " ".join(map(str, v))))
+    elif isinstance(v, int) and k in ("params", "alphas", "flops_per_image", "params_aux_head"):
+      rows.append((k, f"{v:,}"))
+    else:
+      rows.append((k, str(v)))
+  width = max(len(r[0]) for r in rows)
+  return "\n".join(f"{a.ljust(width)}  {b}" for a, b in rows)

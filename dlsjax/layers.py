@@ -1,0 +1,195 @@
+"""Convolution, pooling and BatchNorm primitives shared by every operation.
+
+All tensors are NHWC. The primitives are written so that `jax.vmap` over a
+stack of edges (parameters batched, input shared) lowers to *one* large,
+dense XLA op instead of many small ones:
+
+* a 1x1 convolution is an einsum, so a vmap over edges is a batched matmul;
+* a kxk convolution with a batched kernel and a shared input becomes one
+  convolution with ``edges * C_out`` output channels (JAX's batching rule);
+* a depthwise convolution is chosen per backend behind :func:`depthwise_conv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+DEPTHWISE_IMPLS = ("auto", "xla", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpContext:
+  """What every operation needs to know besides its channel count and stride.
+
+  Attributes:
+    train: BatchNorm uses batch statistics (and updates running ones when the
+      ``batch_stats`` collection is mutable).
+    affine: BatchNorm has a learnable scale and bias. The search network of
+      DARTS (and of dlsjax) is non-affine; derived networks are affine.
+    pool_bn: pooling ops are followed by a (non-affine) BatchNorm, as in the
+      DARTS search network. Derived networks have no BN after pooling.
+    depthwise_impl: see :func:`depthwise_conv`.
+    bn_momentum: Flax convention (0.9 == PyTorch's 0.1).
+    bn_eps: BatchNorm epsilon.
+    bn_axis_name: when set, batch statistics are averaged over this named
+      axis (data parallel BatchNorm under pmap / shard_map).
+    edge_batched: the op runs under the supernet's ``vmap`` over edges (input
+      shared, parameters batched). Layers whose *input* is batched too (the
+      second block of a separable conv) then prefer XLA's native depthwise
+      convolution, which is faster than a batched dense one.
+  """
+
+  train: bool = True
+  affine: bool = False
+  pool_bn: bool = True
+  depthwise_impl: str = "auto"
+  bn_momentum: float = 0.9
+  bn_eps: float = 1e-5
+  bn_axis_name: str | None = None
+  edge_batched: bool = False
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over N, H, W with optional affine transform.
+
+  In training mode the batch statistics normalise the input; running
+  statistics are updated only when the ``batch_stats`` collection is mutable,
+  so ``apply(..., train=True)`` without ``mutable`` is "training-mode BN, no
+  update" (what the PT / MPDS derivation uses).
+  """
+
+  ctx: OpContext
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    ctx = self.ctx
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+    if ctx.train:
+      mean = jnp.mean(x, axis=(0, 1, 2))
+      mean_sq = jnp.mean(jnp.square(x), axis=(0, 1, 2))
+      if ctx.bn_axis_name is not None:
+        mean, mean_sq = lax.pmean((mean, mean_sq), ctx.bn_axis_name)
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+        m = ctx.bn_momentum
+        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+        ra_var.value = m * ra_var.value + (1.0 - m) * var
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x - mean) * lax.rsqrt(var + ctx.bn_eps)
+    if ctx.affine:
+      scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+      bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+      y = y * scale + bias
+    return y
+
+
+def _same_padding(kernel: int, dilation: int) -> int:
+  return dilation * (kernel - 1) // 2
+
+
+def conv(
+  x,
+  kernel_HWIO,
+  *,
+  stride: int = 1,
+  dilation: int = 1,
+  padding: int | None = None,
+  feature_group_count: int = 1,
+):
+  """A plain XLA convolution with symmetric padding (default: 'same' for odd kernels)."""
+  k = kernel_HWIO.shape[0]
+  p = _same_padding(k, dilation) if padding is None else padding
+  return lax.conv_general_dilated(
+    x,
+    kernel_HWIO,
+    window_strides=(stride, stride),
+    padding=((p, p), (p, p)),
+    rhs_dilation=(dilation, dilation),
+    dimension_numbers=DIMENSION_NUMBERS,
+    feature_group_count=feature_group_count,
+  )
+
+
+def conv1x1(x, kernel_IO, *, stride: int = 1):
+  """1x1 convolution as an einsum (vmap over edges gives one batched matmul)."""
+  if stride > 1:
+    x = x[:, ::stride, ::stride, :]
+  return jnp.einsum("bhwc,cd->bhwd", x, kernel_IO)
+
+
+def resolve_depthwise_impl(impl: str, channels: int, batched_input: bool = False) -> str:
+  """Choose the depthwise formulation for the current backend.
+
+  Measured on a 2-core x86 CPU (see benchmarks/RESULTS.md): XLA's CPU
+  depthwise convolution is 10-50x slower than a dense convolution with a
+  block-diagonal kernel at the channel counts of the search networks, so on
+  CPU ``auto`` picks ``dense`` up to 128 channels, except where the input is
+  itself batched over edges (``batched_input``): there the dense form becomes
+  a grouped convolution, 5x slower than the native depthwise one. GPUs/TPUs
+  have fast native depthwise kernels, so ``auto`` picks ``xla`` there.
+  """
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+  if impl != "auto":
+    return impl
+  if jax.default_backend() == "cpu" and channels <= 128 and not batched_input:
+    return "dense"
+  return "xla"
+
+
+def depthwise_conv(
+  x,
+  kernel_HW1C,
+  *,
+  stride: int = 1,
+  dilation: int = 1,
+  impl: str = "auto",
+  batched_input: bool = False,
+):
+  """Depthwise kxk convolution; every implementation gives the same output.
+
+  * ``xla``: ``feature_group_count = C`` (native depthwise).
+  * ``dense``: a dense convolution whose kernel is block diagonal,
+    ``w[..., None] * eye(C)``; more FLOPs, but a much faster code path on CPU.
+  """
+  c = x.shape[-1]
+  impl = resolve_depthwise_impl(impl, c, batched_input)
+  if impl == "xla":
+    return conv(x, kernel_HW1C, stride=stride, dilation=dilation, feature_group_count=c)
+  dense = kernel_HW1C[:, :, 0, :, None] * jnp.eye(c, dtype=kernel_HW1C.dtype)
+  return conv(x, dense, stride=stride, dilation=dilation)
+
+
+def max_pool_3x3(x, stride: int):
+  return lax.reduce_window(
+    x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  )
+
+
+def avg_pool_3x3(x, stride: int):
+  """3x3 average pooling, padding 1, padded cells excluded from the count."""
+  pad = ((0, 0), (1, 1), (1, 1), (0, 0))
+  window, strides = (1, 3, 3, 1), (1, stride, stride, 1)
+  total = lax.reduce_window(x, 0.0, lax.add, window, strides, pad)
+  ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+  count = lax.reduce_window(ones, 0.0, lax.add, window, strides, pad)
+  return total / count
+
+
+def conv_init(fan_in: int):
+  """PyTorch's default conv initialisation (kaiming uniform, a=sqrt(5))."""
+  bound = 1.0 / (fan_in**0.5)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init

@@ -1,0 +1,132 @@
+"""The ``dlsjax`` command line. Parses flags only; the work lives in importable modules."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import sys
+
+SEARCH_SPACES = {"paper": "paper", "darts_cifar": "darts_cifar"}
+
+
+def parse_override(text: str):
+  """``key.sub=value`` -> (key path, python value); values are Python literals or strings."""
+  if "=" not in text:
+    raise SystemExit(f"--set expects key=value, got {text!r}")
+  key, raw = text.split("=", 1)
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  return key.strip(), value
+
+
+def load_config(name: str, overrides: list[str] | None = None):
+  from dlsjax.configs import get_config
+
+  cfg = get_config(name)
+  for text in overrides or []:
+    key, value = parse_override(text)
+    node = cfg
+    *path, leaf = key.split(".")
+    try:
+      for p in path:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(leaf)
+    except (KeyError, TypeError):
+      raise SystemExit(f"--set {key}: no such config field in {name!r}") from None
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise SystemExit(f"--set {key}={value!r}: {e}") from None
+  return cfg
+
+
+def cmd_describe(args) -> int:
+  from dlsjax import describe, genotype, netspec
+
+  if sum(x is not None for x in (args.preset, args.search_space, args.genotype)) != 1:
+    raise SystemExit("describe: give exactly one of --preset, --search-space, --genotype")
+  if args.preset is not None:
+    if args.preset not in genotype.PRESET_GENOTYPES:
+      raise SystemExit(
+        f"describe: unknown preset {args.preset!r}; available: {sorted(genotype.PRESET_GENOTYPES)}"
+      )
+    cfg = load_config("darts_cifar_train", args.set)
+    spec = netspec.spec_from_config(cfg.model, phase="train")
+    g = genotype.PRESET_GENOTYPES[args.preset]
+    out = describe.describe_derived(
+      spec,
+      g.to_choice(spec.topologies(), spec.op_set),
+      aux_head=cfg.train.aux_head,
+      compile_=not args.no_compile,
+    )
+    out = {"name": args.preset, **out}
+  elif args.search_space is not None:
+    if args.search_space not in SEARCH_SPACES:
+      raise SystemExit(
+        f"describe: unknown search space {args.search_space!r}; available: {sorted(SEARCH_SPACES)}"
+      )
+    cfg = load_config(SEARCH_SPACES[args.search_space], args.set)
+    spec = netspec.spec_from_config(cfg.model, phase="search")
+    out = {
+      "name": args.search_space,
+      **describe.describe_search_space(spec, compile_=not args.no_compile),
+    }
+  else:
+    cfg = load_config(args.config or "paper_train", args.set)
+    spec = netspec.spec_from_config(cfg.model, phase="train")
+    try:
+      g = genotype.Genotype.load(args.genotype)
+      choice = g.to_choice(spec.topologies(), spec.op_set)
+    except (OSError, genotype.GenotypeError) as e:
+      raise SystemExit(f"describe: {e}") from None
+    aux = bool(cfg.get("train", {}).get("aux_head", False))
+    out = {
+      "name": str(args.genotype),
+      **describe.describe_derived(spec, choice, aux_head=aux, compile_=not args.no_compile),
+    }
+  print(json.dumps(out) if args.json else describe.format_table(out))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="dlsjax", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  d = sub.add_parser("describe", help="parameters, alphas, FLOPs, HLO size and compile time")
+  d.add_argument("--preset", help="a published genotype with its evaluation network (darts_v2)")
+  d.add_argument("--search-space", help="a search space: paper | darts_cifar")
+  d.add_argument("--genotype", help="a genotype.json to build with --config (training phase)")
+  d.add_argument("--config", help="config name for --genotype (default paper_train)")
+  d.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field, e.g. --set model.c_sin_search=16",
+  )
+  d.add_argument("--json", action="store_true", help="print one JSON object")
+  d.add_argument(
+    "--no-compile",
+    action="store_true",
+    help="skip compiling the forward (no compile time; FLOPs from the HLO)",
+  )
+  d.set_defaults(func=cmd_describe)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  from dlsjax import runtime
+
+  runtime.setup()
+  args = build_parser().parse_args(argv)
+  return args.func(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

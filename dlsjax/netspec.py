@@ -1,0 +1,191 @@
+"""Frozen description of a network's macro structure (supernet and derived net).
+
+Built from an ``ml_collections`` config by :func:`spec_from_config`. The same
+spec drives the supernet (search) and the derived network (training), so
+both share one macro structure; only the DAG of each part differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from dlsjax import ops
+from dlsjax.topology import Topology
+
+STEM_KINDS = ("learnable", "concat", "identity")
+FL_STEM_KINDS = ("learnable", "concat", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Modality:
+  name: str
+  channels: int = 3
+  fluorescence: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+  """Macro structure of a DLS-DARTS (or DARTS) network.
+
+  Attributes:
+    modalities: input images, one manual stem each.
+    num_classes: size of the classification head.
+    c_sin: output channels of each manual stem (paper: 48 search, 144 train).
+    c_sout: output channels of the learnable stems; ``None`` = ``2 * c_sin``.
+    fusing_stem: ``learnable`` (the Fusing Stem over all modalities),
+      ``concat`` (ablation "- Fusing Stem": concat + 1x1 ReLU-conv-BN to
+      ``c_sout``) or ``identity`` (one modality; the manual stem output is used
+      directly, as in DARTS).
+    fl_stem: ``learnable`` (FL Stem over the fluorescence modalities),
+      ``concat`` (ablation "- FL Stem") or ``off``. Without fluorescence
+      modalities the FL Stem is omitted whatever this says.
+    stem_inner_nodes: N_s (paper: 2).
+    cell_inner_nodes: inner nodes per cell (paper: 3; DARTS: 4).
+    cells: ``"reduce"``/``"normal"`` per cell, in order.
+    cell_channels: node channels before the first cell; every reduction cell
+      doubles it (DARTS' ``C``).
+    op_set: operation names; position = op index.
+    fl_stem_cells: how many of the first cells take the FL Stem output as
+      their first input ``s0``. The paper: "the output of Fusing Stem is used
+      as the input of the first cell, while the one of FL Stem is used as the
+      input of the first two cells". We read this as cell 0 = (FL, Fusing),
+      cell 1 = (FL, cell 0), i.e. the FL Stem plays the role DARTS' stem plays
+      for ``s0`` of the first two cells (default 2). With 1, cell 1 gets the
+      Fusing Stem output as ``s0`` instead.
+    resolution: input height = width.
+    depthwise_impl: ``auto`` | ``xla`` | ``dense`` (see layers.depthwise_conv).
+    stem_bias_free: manual stems are conv (no bias) + affine BN.
+  """
+
+  modalities: tuple[Modality, ...]
+  num_classes: int
+  c_sin: int
+  cells: tuple[str, ...]
+  cell_channels: int
+  op_set: tuple[str, ...] = ops.PAPER10
+  c_sout: int | None = None
+  fusing_stem: str = "learnable"
+  fl_stem: str = "learnable"
+  stem_inner_nodes: int = 2
+  cell_inner_nodes: int = 3
+  fl_stem_cells: int = 2
+  resolution: int = 64
+  depthwise_impl: str = "auto"
+
+  def __post_init__(self):
+    if not self.modalities:
+      raise ValueError("NetworkSpec.modalities is empty")
+    names = [m.name for m in self.modalities]
+    if len(set(names)) != len(names):
+      raise ValueError(f"NetworkSpec.modalities has duplicate names: {names}")
+    if self.fusing_stem not in STEM_KINDS:
+      raise ValueError(
+        f"NetworkSpec.fusing_stem must be one of {STEM_KINDS}, got {self.fusing_stem!r}"
+      )
+    if self.fl_stem not in FL_STEM_KINDS:
+      raise ValueError(f"NetworkSpec.fl_stem must be one of {FL_STEM_KINDS}, got {self.fl_stem!r}")
+    if self.fusing_stem == "identity" and len(self.modalities) != 1:
+      raise ValueError("NetworkSpec.fusing_stem='identity' needs exactly one modality")
+    bad = [c for c in self.cells if c not in ("normal", "reduce")]
+    if bad or not self.cells:
+      raise ValueError(
+        f"NetworkSpec.cells must be a non-empty list of 'normal'/'reduce', got {self.cells}"
+      )
+    object.__setattr__(self, "op_set", ops.resolve_op_set(self.op_set))
+
+  # ------------------------------------------------------------------ parts
+
+  @property
+  def stem_out_channels(self) -> int:
+    if self.fusing_stem == "identity":
+      return self.c_sin
+    return self.c_sout if self.c_sout is not None else 2 * self.c_sin
+
+  @property
+  def fluorescence(self) -> tuple[Modality, ...]:
+    return tuple(m for m in self.modalities if m.fluorescence)
+
+  @property
+  def has_fl_stem(self) -> bool:
+    return self.fl_stem != "off" and bool(self.fluorescence)
+
+  def topologies(self) -> dict[str, Topology]:
+    """The learnable parts, in derivation order (fusing, fl, normal, reduce)."""
+    parts = {}
+    if self.fusing_stem == "learnable":
+      parts["fusing"] = Topology(len(self.modalities), self.stem_inner_nodes, concat_last=True)
+    if self.has_fl_stem and self.fl_stem == "learnable":
+      parts["fl"] = Topology(len(self.fluorescence), self.stem_inner_nodes, concat_last=True)
+    if "normal" in self.cells:
+      parts["normal"] = Topology(2, self.cell_inner_nodes)
+    if "reduce" in self.cells:
+      parts["reduce"] = Topology(2, self.cell_inner_nodes)
+    return parts
+
+  def log_structure(self, log: logging.Logger | None = None):
+    log = log or logging.getLogger("dlsjax")
+    if self.fl_stem != "off" and not self.fluorescence:
+      log.info(
+        "no fluorescence modality among %s: the FL Stem is omitted",
+        [m.name for m in self.modalities],
+      )
+
+
+def dls_cells(k_r: int, k: int) -> tuple[str, ...]:
+  """``K_r`` groups of one reduction cell followed by ``K`` normal cells (reduction first)."""
+  return ("reduce", *("normal",) * k) * k_r
+
+
+def darts_cells(layers: int) -> tuple[str, ...]:
+  """DARTS layout: reductions at ``layers // 3`` and ``2 * layers // 3``."""
+  red = {layers // 3, 2 * layers // 3}
+  return tuple("reduce" if i in red else "normal" for i in range(layers))
+
+
+def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
+  """Build a NetworkSpec from a ``config.model`` ConfigDict.
+
+  ``phase`` picks the channel count and depth: ``search`` uses ``c_sin_search``
+  and ``k_search``; ``train`` uses ``c_sin_train`` and ``k_train``.
+  """
+  m = model_cfg
+  if phase not in ("search", "train"):
+    raise ValueError(f"phase must be 'search' or 'train', got {phase!r}")
+  c_sin = m.c_sin_search if phase == "search" else m.c_sin_train
+  if m.layout == "dls":
+    k = m.k_search if phase == "search" else m.k_train
+    cells = dls_cells(m.k_r, k)
+  elif m.layout == "darts":
+    cells = darts_cells(m.layers_search if phase == "search" else m.layers_train)
+  else:
+    raise ValueError(f"config.model.layout must be 'dls' or 'darts', got {m.layout!r}")
+  modalities = tuple(
+    Modality(d["name"], int(d.get("channels", 3)), bool(d.get("fluorescence", False)))
+    for d in m.modalities
+  )
+  cell_channels = c_sin // m.cell_channels_divisor if m.cell_channels_divisor else None
+  if m.layout == "darts":
+    cell_channels = m.darts_c_search if phase == "search" else m.darts_c_train
+    c_sin = m.darts_stem_multiplier * cell_channels
+  op_set = m.op_set
+  if isinstance(op_set, str) and "," in op_set:  # "none,skip_connect,my_op"
+    op_set = tuple(n.strip() for n in op_set.split(",") if n.strip())
+  elif not isinstance(op_set, str):
+    op_set = tuple(op_set)
+  return NetworkSpec(
+    modalities=modalities,
+    num_classes=m.num_classes,
+    c_sin=c_sin,
+    cells=cells,
+    cell_channels=cell_channels,
+    op_set=op_set,
+    c_sout=m.get("c_sout", None),
+    fusing_stem=m.fusing_stem,
+    fl_stem=m.fl_stem,
+    stem_inner_nodes=m.stem_inner_nodes,
+    cell_inner_nodes=m.cell_inner_nodes,
+    fl_stem_cells=m.fl_stem_cells,
+    resolution=m.resolution,
+    depthwise_impl=m.depthwise_impl,
+  )

@@ -1,0 +1,230 @@
+"""The macro structure shared by the supernet and the derived (NAS-based) network.
+
+Manual stems (3x3 conv + affine BN per modality) -> Fusing Stem and FL Stem
+(learnable, or concat + 1x1 for the ablations) -> cells (reduction first in
+DLS-DARTS, DARTS layout for the DARTS presets) -> global average pooling ->
+dense head. ``genotype=None`` builds the search supernet (mixed edges);
+otherwise each part uses its derived DAG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dlsjax import layers
+from dlsjax.cells import DerivedDAG, MixedDAG
+from dlsjax.layers import BatchNorm, OpContext
+from dlsjax.netspec import NetworkSpec
+from dlsjax.ops import FactorizedReduce, ReLUConvBN
+from dlsjax.topology import Topology
+
+
+def mixing_weights(alpha_EK, mask):
+  """``w = edge * (one-hot row if decided else softmax(alpha) * op_mask)``; no renormalisation."""
+  soft = jax.nn.softmax(alpha_EK, axis=-1) * mask["op"]
+  w = jnp.where(mask["decided"][:, None] > 0, mask["op"], soft)
+  return w * mask["edge"][:, None]
+
+
+class ManualStem(nn.Module):
+  """3x3 conv (no bias) + affine BN, per modality."""
+
+  C: int
+  ctx: OpContext
+
+  @nn.compact
+  def __call__(self, x):
+    c_in = x.shape[-1]
+    w = self.param("kernel", layers.conv_init(9 * c_in), (3, 3, c_in, self.C))
+    return BatchNorm(OpContext(**{**self.ctx.__dict__, "affine": True}))(layers.conv(x, w))
+
+
+class Part(nn.Module):
+  """A cell or learnable stem: the DAG of one learnable part plus its in/out plumbing.
+
+  Cells preprocess ``s0`` (factorized reduce if it has twice the resolution
+  of ``s1``, else 1x1 ReLU-conv-BN) and ``s1`` (1x1 ReLU-conv-BN) to ``C``
+  channels and output the concatenation of their inner nodes. Learnable stems
+  take their inputs as they are and output a 1x1 ReLU-conv-BN of their last
+  (concatenating) inner node to ``C_out`` channels.
+  """
+
+  topology: Topology
+  op_set: tuple[str, ...]
+  C: int
+  reduction: bool
+  ctx: OpContext
+  is_stem: bool = False
+  C_out: int = 0
+  choice: tuple[int, ...] | None = None
+  drop_path: bool = False
+
+  @nn.compact
+  def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
+    ctx = self.ctx
+    if not self.is_stem:
+      s0, s1 = inputs
+      if s0.shape[1] == 2 * s1.shape[1]:
+        p0 = FactorizedReduce(self.C, ctx, name="pre0")(s0)
+      elif s0.shape[1] == s1.shape[1]:
+        p0 = ReLUConvBN(self.C, 1, 1, ctx, name="pre0")(s0)
+      else:
+        raise ValueError(f"cell inputs of incompatible resolution {s0.shape} vs {s1.shape}")
+      inputs = [p0, ReLUConvBN(self.C, 1, 1, ctx, name="pre1")(s1)]
+    if self.choice is None:
+      nodes = MixedDAG(
+        self.topology, self.op_set, self.C, self.reduction, ctx, self.drop_path, name="dag"
+      )(inputs, weights_EK, drop_prob)
+    else:
+      nodes = DerivedDAG(
+        self.topology,
+        self.op_set,
+        self.choice,
+        self.C,
+        self.reduction,
+        ctx,
+        self.drop_path,
+        name="dag",
+      )(inputs, drop_prob)
+    if self.is_stem:
+      return ReLUConvBN(self.C_out, 1, 1, ctx, name="out")(nodes[-1])
+    return jnp.concatenate(nodes, axis=-1)
+
+
+class AuxHead(nn.Module):
+  """DARTS' CIFAR auxiliary head (input 8x8)."""
+
+  num_classes: int
+  ctx: OpContext
+
+  @nn.compact
+  def __call__(self, x):
+    x = jax.nn.relu(x)
+    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 5, 5, 1), (1, 3, 3, 1), "VALID") / 25.0
+    c = x.shape[-1]
+    x = layers.conv1x1(x, self.param("conv1", layers.conv_init(c), (c, 128)))
+    x = jax.nn.relu(BatchNorm(self.ctx)(x))
+    x = layers.conv(x, self.param("conv2", layers.conv_init(128 * 4), (2, 2, 128, 768)), padding=0)
+    x = jax.nn.relu(BatchNorm(self.ctx)(x))
+    return nn.Dense(self.num_classes, name="classifier")(x.reshape(x.shape[0], -1))
+
+
+class Network(nn.Module):
+  """Supernet (``genotype is None``) or derived network of a :class:`NetworkSpec`.
+
+  ``__call__(images, alphas=None, masks=None, *, train, drop_prob=0.0)``:
+  ``images`` maps modality name to ``[B, H, W, C]``; ``alphas`` and ``masks``
+  (search only) have one entry per learnable part. Returns logits. With
+  ``aux_head`` the auxiliary logits are sown into ``intermediates``.
+  DropPath is active when ``train`` and a ``dropout`` rng is given.
+  """
+
+  spec: NetworkSpec
+  genotype: Mapping[str, tuple[int, ...]] | None = None
+  bn_axis_name: str | None = None
+  aux_head: bool = False
+  # BatchNorm style; None = the phase's default (search: non-affine with BN
+  # after pooling, as in DARTS' search network; derived: affine, no pool BN).
+  affine: bool | None = None
+  pool_bn: bool | None = None
+
+  @nn.compact
+  def __call__(self, images, alphas=None, masks=None, *, train: bool, drop_prob=0.0):
+    spec = self.spec
+    search = self.genotype is None
+    affine = (not search) if self.affine is None else self.affine
+    pool_bn = search if self.pool_bn is None else self.pool_bn
+    ctx = OpContext(
+      train=train,
+      affine=affine,
+      pool_bn=pool_bn,
+      depthwise_impl=spec.depthwise_impl,
+      bn_axis_name=self.bn_axis_name,
+    )
+    drop_path = train and self.has_rng("dropout")
+    topos = spec.topologies()
+    if search:
+      missing = [p for p in topos if p not in (alphas or {}) or p not in (masks or {})]
+      if missing:
+        raise ValueError(f"alphas/masks lack entries for parts {missing}")
+    else:
+      missing = [p for p in topos if p not in self.genotype]
+      if missing:
+        raise ValueError(f"genotype lacks parts {missing}")
+
+    def part(part_name, **kw):
+      topo = topos[part_name]
+      if search:
+        w = mixing_weights(alphas[part_name], masks[part_name])
+        return Part(topo, spec.op_set, ctx=ctx, drop_path=drop_path, **kw), w
+      choice = tuple(int(c) for c in self.genotype[part_name])
+      return Part(topo, spec.op_set, ctx=ctx, choice=choice, drop_path=drop_path, **kw), None
+
+    # Manual stems.
+    feats = {}
+    for m in spec.modalities:
+      if m.name not in images:
+        raise ValueError(f"missing modality {m.name!r}; got {sorted(images)}")
+      x = images[m.name]
+      if x.ndim != 4 or x.shape[-1] != m.channels:
+        raise ValueError(f"modality {m.name!r}: expected [B, H, W, {m.channels}], got {x.shape}")
+      feats[m.name] = ManualStem(spec.c_sin, ctx, name=f"stem_{m.name}")(x)
+    shapes = {k: v.shape for k, v in feats.items()}
+    if len({s[:3] for s in shapes.values()}) != 1:
+      raise ValueError(f"modalities have mismatched batch/spatial sizes: {shapes}")
+
+    # Fusing Stem and FL Stem.
+    c_out = spec.stem_out_channels
+    all_in = [feats[m.name] for m in spec.modalities]
+    if spec.fusing_stem == "learnable":
+      mod, w = part(
+        "fusing",
+        C=spec.c_sin,
+        reduction=False,
+        is_stem=True,
+        C_out=c_out,
+        name="fusing_stem",
+      )
+      fused = mod(all_in, w, drop_prob)
+    elif spec.fusing_stem == "concat":
+      fused = ReLUConvBN(c_out, 1, 1, ctx, name="fusing_stem")(jnp.concatenate(all_in, -1))
+    else:
+      fused = all_in[0]
+    fl = None
+    if spec.has_fl_stem:
+      fl_in = [feats[m.name] for m in spec.fluorescence]
+      if spec.fl_stem == "learnable":
+        mod, w = part(
+          "fl", C=spec.c_sin, reduction=False, is_stem=True, C_out=c_out, name="fl_stem"
+        )
+        fl = mod(fl_in, w, drop_prob)
+      else:
+        fl = ReLUConvBN(c_out, 1, 1, ctx, name="fl_stem")(jnp.concatenate(fl_in, -1))
+
+    # Cells.
+    s0 = fl if fl is not None else fused
+    s1 = fused
+    C = spec.cell_channels
+    aux_at = 2 * len(spec.cells) // 3
+    for i, kind in enumerate(spec.cells):
+      reduction = kind == "reduce"
+      if reduction:
+        C *= 2
+      if fl is not None and 0 < i < spec.fl_stem_cells:
+        s0 = fl
+      mod, w = part(kind, C=C, reduction=reduction, name=f"cell{i}")
+      s0, s1 = s1, mod([s0, s1], w, drop_prob)
+      if self.aux_head and train and i == aux_at:
+        aux_ctx = OpContext(**{**ctx.__dict__, "affine": True})
+        self.sow(
+          "intermediates",
+          "aux_logits",
+          AuxHead(spec.num_classes, aux_ctx, name="aux_head")(s1),
+        )
+    self.sow("intermediates", "features", s1)
+    pooled = jnp.mean(s1, axis=(1, 2))
+    return nn.Dense(spec.num_classes, name="head")(pooled)

@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dlsjax import genotype, main
+
+
+def run_cli(capsys, *args):
+  assert main.main(list(args)) == 0
+  return capsys.readouterr().out
+
+
+def test_describe_darts_v2_json(capsys):
+  out = json.loads(run_cli(capsys, "describe", "--preset", "darts_v2", "--json", "--no-compile"))
+  assert out["params"] == 3_349_342
+  assert out["input_shape"] == {"image": [32, 32, 3]}
+  assert out["flops_per_image"] > 4e8  # ~0.53 G multiply-adds = ~1.06 GFLOPs
+  assert out["hlo_lines"] > 0
+
+
+def test_describe_search_spaces_json(capsys):
+  out = json.loads(
+    run_cli(capsys, "describe", "--search-space", "darts_cifar", "--json", "--no-compile")
+  )
+  assert out["alphas"] == 2 * 14 * 8
+  assert out["parts"]["normal"]["edges"] == 14
+  out = json.loads(run_cli(capsys, "describe", "--search-space", "paper", "--json", "--no-compile"))
+  assert out["alphas"] == (7 + 5 + 9 + 9) * 10
+  assert out["input_shape"] == {"WL": [64, 64, 3], "NIR1": [64, 64, 3], "NIR2": [64, 64, 3]}
+  assert out["cells"] == ["reduce", "normal"] * 3
+
+
+def test_describe_genotype_file_and_table(capsys, tmp_path):
+  from conftest import tiny_spec
+  from genotype_test import random_choice
+
+  spec = tiny_spec()
+  g = genotype.Genotype.from_choice(random_choice(spec), spec.topologies(), spec.op_set)
+  path = tmp_path / "g.json"
+  g.save(path)
+  sets = [
+    "--set",
+    "model.c_sin_train=4",
+    "--set",
+    "model.resolution=8",
+    "--set",
+    "model.k_r=1",
+    "--set",
+    "model.op_set=" + ",".join(spec.op_set),
+  ]
+  out = run_cli(capsys, "describe", "--genotype", str(path), "--config", "paper_train", *sets)
+  assert "params" in out and "flops_per_image" in out and "compile_s" in out
+  with pytest.raises(SystemExit, match="no such config field"):
+    main.main(["describe", "--genotype", str(path), "--set", "model.nope=1"])
+  with pytest.raises(SystemExit, match="model.k_r='three'"):
+    main.main(["describe", "--genotype", str(path), "--set", "model.k_r=three"])
+  path.write_text("{}")
+  with pytest.raises(SystemExit, match="missing field 'op_set'"):
+    main.main(["describe", "--genotype", str(path), *sets])
+
+
+def test_console_script_help():
+  r = subprocess.run(
+    [sys.executable, "-m", "dlsjax.main", "describe", "--help"],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert "--search-space" in r.stdout

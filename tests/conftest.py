@@ -1,0 +1,53 @@
+"""Test setup: fake CPU devices before JAX is imported, compilation cache, tiny specs."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path
+
+import pytest
+
+from dlsjax import runtime
+
+runtime.setup(
+  os.environ.get("DLSJAX_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache" / "jax")
+)
+
+from dlsjax.netspec import Modality, NetworkSpec, dls_cells
+
+# A small but complete op mix: zero, pooling, identity/factorized reduce,
+# separable, dilated and normal convs (compiles in seconds on 2 CPU cores).
+TINY_OPS = (
+  "none",
+  "max_pool_3x3",
+  "avg_pool_3x3",
+  "skip_connect",
+  "sep_conv_3x3",
+  "dil_conv_3x3",
+  "nor_conv_3x3",
+)
+
+PAPER_MODALITIES = (Modality("WL", 3, False), Modality("NIR1", 3, True), Modality("NIR2", 3, True))
+
+
+def tiny_spec(**kw) -> NetworkSpec:
+  base = dict(
+    modalities=PAPER_MODALITIES,
+    num_classes=4,
+    c_sin=4,
+    cells=dls_cells(1, 1),
+    cell_channels=2,
+    op_set=TINY_OPS,
+    resolution=8,
+  )
+  base.update(kw)
+  return NetworkSpec(**base)
+
+
+@pytest.fixture
+def spec():
+  return tiny_spec()

@@ -1,0 +1,180 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlsjax import layers, ops
+from dlsjax.cells import OpCall
+from dlsjax.layers import OpContext
+
+SEARCH = OpContext(train=True, affine=False, pool_bn=True)
+
+
+def run_op(name, x, stride=1, C=None, ctx=SEARCH, seed=0):
+  mod = OpCall(name, C or x.shape[-1], stride, ctx)
+  v = mod.init(jax.random.PRNGKey(seed), x)
+  y, _ = mod.apply(v, x, mutable=["batch_stats"])
+  return y, v
+
+
+def rand(shape, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+def test_op_sets_match_paper():
+  assert ops.DARTS8 == (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+  )
+  assert ops.PAPER10 == (*ops.DARTS8, "nor_conv_3x3", "nor_conv_5x5")
+  assert len(ops.PAPER9) == 9 and "dil_conv_5x5" not in ops.PAPER9
+  assert {"nor_conv_1x1", "nor_conv_3x3"} <= set(ops.PAPER9)
+  assert ops.resolve_op_set("paper10") == ops.PAPER10
+  with pytest.raises(KeyError, match="unknown op set"):
+    ops.resolve_op_set("paper11")
+  with pytest.raises(KeyError, match="unknown operation 'nope'"):
+    ops.resolve_op_set(("none", "nope"))
+
+
+@pytest.mark.parametrize("name", ops.PAPER10 + ("nor_conv_1x1",))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_keeps_channels_and_strides(name, stride):
+  y, _ = run_op(name, rand((2, 8, 8, 4)), stride)
+  chex.assert_shape(y, (2, 8 // stride, 8 // stride, 4))
+  chex.assert_tree_all_finite(y)
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "nor_conv_3x3",
+    "nor_conv_5x5",
+    "nor_conv_1x1",
+  ],
+)
+def test_conv_ops_are_relu_conv_bn(name):
+  x = rand((4, 8, 8, 4))
+  y, _ = run_op(name, x)
+  y_relu, _ = run_op(name, jax.nn.relu(x))
+  # ReLU comes first: negative inputs do not matter.
+  np.testing.assert_allclose(y, y_relu, atol=1e-5)
+  # BN comes last (non-affine, batch statistics): zero mean, unit variance per channel.
+  np.testing.assert_allclose(y.mean((0, 1, 2)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.var((0, 1, 2)), 1.0, atol=1e-2)
+
+
+def test_separable_conv_is_applied_twice_with_stride_in_first_block():
+  x = rand((2, 8, 8, 4))
+  mod = OpCall("sep_conv_3x3", 6, 2, SEARCH)
+  v = mod.init(jax.random.PRNGKey(0), x)
+  (y, state) = mod.apply(v, x, mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+  p = v["params"]["SepConv_0"]
+  assert set(p) == {"block1", "block2"}
+  assert p["block1"]["depthwise"].shape == (3, 3, 1, 4)
+  assert p["block1"]["pointwise"].shape == (4, 4)  # first block keeps C_in
+  assert p["block2"]["pointwise"].shape == (4, 6)  # second maps to C_out
+  inter = state["intermediates"]["SepConv_0"]
+  chex.assert_shape(inter["block1"]["__call__"][0], (2, 4, 4, 4))  # stride here
+  chex.assert_shape(inter["block2"]["__call__"][0], (2, 4, 4, 6))  # not here
+  assert set(v["batch_stats"]["SepConv_0"]) == {"block1", "block2"}
+
+
+def test_dilated_conv_has_dilation_two():
+  # A 3x3 kernel with dilation 2 only sees pixels at even offsets: an impulse at
+  # distance 1 from the centre does not reach the centre output.
+  ctx = OpContext(train=False, affine=False)
+  mod = OpCall("dil_conv_3x3", 1, 1, ctx)
+  x = jnp.zeros((1, 7, 7, 1))
+  v = mod.init(jax.random.PRNGKey(0), x)
+  x1 = x.at[0, 3, 4, 0].set(1.0)
+  x2 = x.at[0, 3, 5, 0].set(1.0)
+  base = mod.apply(v, x)[0, 3, 3, 0]
+  assert float(mod.apply(v, x1)[0, 3, 3, 0]) == pytest.approx(float(base))
+  assert float(mod.apply(v, x2)[0, 3, 3, 0]) != pytest.approx(float(base))
+
+
+def test_skip_connect_identity_and_factorized_reduce():
+  x = rand((2, 8, 8, 4))
+  y, v = run_op("skip_connect", x, 1)
+  np.testing.assert_array_equal(y, x)
+  assert v.get("params", {}) == {}
+  y2, v2 = run_op("skip_connect", x, 2)
+  fr = v2["params"]["FactorizedReduce_0"]
+  assert fr["kernel1"].shape == (4, 2) and fr["kernel2"].shape == (4, 2)
+  # The second half sees the input shifted by one pixel: changing pixel (1, 1)
+  # changes only the second half of the channels.
+  x_mod = x.at[:, 1, 1, :].add(10.0)
+  ctx = OpContext(train=False)
+  mod = OpCall("skip_connect", 4, 2, ctx)
+  a, b = mod.apply(v2, x), mod.apply(v2, x_mod)
+  diff = np.abs(np.asarray(a - b)).sum((0, 1, 2))
+  assert np.all(diff[:2] == 0) and np.all(diff[2:] > 0)
+
+
+def test_pooling_padding():
+  ctx = OpContext(train=True, pool_bn=False)
+  ones = jnp.ones((1, 5, 5, 2))
+  y, _ = run_op("avg_pool_3x3", ones, ctx=ctx)
+  np.testing.assert_allclose(y, 1.0)  # padding excluded from the average
+  neg = -5.0 * ones
+  y, _ = run_op("max_pool_3x3", neg, ctx=ctx)
+  np.testing.assert_allclose(y, -5.0)  # padding is -inf, never the max
+  # In the search network pooling is followed by a BN.
+  _, v = run_op("max_pool_3x3", rand((2, 4, 4, 2)))
+  assert "BatchNorm_0" in v["batch_stats"]["Pool_0"]
+
+
+def test_search_bn_is_non_affine_and_derived_bn_is_affine():
+  _, v = run_op("nor_conv_3x3", rand((2, 4, 4, 2)))
+  assert set(v["params"]["ReLUConvBN_0"]) == {"kernel"}
+  _, v = run_op("nor_conv_3x3", rand((2, 4, 4, 2)), ctx=OpContext(affine=True))
+  assert set(v["params"]["ReLUConvBN_0"]["BatchNorm_0"]) == {"scale", "bias"}
+
+
+@pytest.mark.parametrize("k,dilation,stride", [(3, 1, 1), (5, 1, 2), (3, 2, 1), (5, 2, 2)])
+def test_depthwise_implementations_agree(k, dilation, stride):
+  x = rand((2, 9, 9, 6))
+  w = rand((k, k, 1, 6), seed=1)
+  ref = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="xla")
+  dense = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="dense")
+  auto = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="auto")
+  np.testing.assert_allclose(dense, ref, atol=1e-5)
+  np.testing.assert_allclose(auto, ref, atol=1e-5)
+  # Gradients agree too.
+  g = [
+    jax.grad(
+      lambda w, i=i: (
+        layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl=i) ** 2
+      ).sum()
+    )(w)
+    for i in ("xla", "dense")
+  ]
+  np.testing.assert_allclose(g[0], g[1], rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="depthwise_impl"):
+    layers.depthwise_conv(x, w, impl="fft")
+
+
+def test_batchnorm_running_stats_update_only_when_mutable():
+  x = rand((4, 4, 4, 3)) * 3 + 1
+  bn = layers.BatchNorm(SEARCH)
+  v = bn.init(jax.random.PRNGKey(0), x)
+  _, new = bn.apply(v, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(new["batch_stats"]["mean"], 0.1 * x.mean((0, 1, 2)), rtol=1e-5)
+  y = bn.apply(v, x)  # training mode, immutable: batch statistics, no update
+  np.testing.assert_allclose(y.mean((0, 1, 2)), 0, atol=1e-5)
+
+
+def test_register_op_rejects_duplicates():
+  with pytest.raises(ValueError, match="already registered"):
+    ops.register_op("sep_conv_3x3")(lambda C, s, ctx: None)

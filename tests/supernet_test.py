@@ -1,0 +1,282 @@
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import PAPER_MODALITIES, tiny_spec
+
+from dlsjax import netspec, supernet
+from dlsjax.cells import MixedDAG, OpCall, edge_slot, search_param_name
+from dlsjax.configs import get_config
+from dlsjax.layers import OpContext
+from dlsjax.network import Part
+from dlsjax.topology import Topology
+
+
+def random_images(spec, batch=2, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(spec.modalities))
+  r = spec.resolution
+  return {
+    m.name: jax.random.normal(k, (batch, r, r, m.channels))
+    for k, m in zip(keys, spec.modalities, strict=True)
+  }
+
+
+def module_outputs(spec, batch=2):
+  """Shapes of every stem / cell output via eval_shape (nothing is compiled)."""
+
+  def run():
+    model = supernet.make_supernet(spec)
+    images = supernet.dummy_images(spec, batch)
+    alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
+    masks = supernet.init_masks(spec)
+    v = model.init(jax.random.PRNGKey(0), images, alphas, masks, train=True)
+    _, state = model.apply(
+      v,
+      images,
+      alphas,
+      masks,
+      train=True,
+      capture_intermediates=True,
+      mutable=["intermediates", "batch_stats"],
+    )
+    return {
+      k: v["__call__"][0]
+      for k, v in state["intermediates"].items()
+      if isinstance(v, dict) and "__call__" in v
+    }
+
+  return jax.eval_shape(run)
+
+
+@pytest.mark.parametrize("phase,c_sin", [("search", 48), ("train", 144)])
+def test_paper_config_shapes(phase, c_sin):
+  cfg = get_config("paper")
+  spec = netspec.spec_from_config(cfg.model, phase=phase)
+  assert spec.c_sin == c_sin
+  assert spec.stem_out_channels == 2 * c_sin  # C_sout = 2 * C_sin
+  assert spec.cells == ("reduce", "normal") * 3  # L = 3 (K + 1), reduction first
+  out = module_outputs(spec)
+  for m in ("WL", "NIR1", "NIR2"):
+    chex.assert_shape(out[f"stem_{m}"], (2, 64, 64, c_sin))
+  chex.assert_shape(out["fusing_stem"], (2, 64, 64, 2 * c_sin))
+  chex.assert_shape(out["fl_stem"], (2, 64, 64, 2 * c_sin))
+  c = spec.cell_channels
+  expected = [(32, 2 * c), (32, 2 * c), (16, 4 * c), (16, 4 * c), (8, 8 * c), (8, 8 * c)]
+  for i, (res, node_c) in enumerate(expected):
+    chex.assert_shape(out[f"cell{i}"], (2, res, res, 3 * node_c))  # 3 inner nodes concat
+
+
+def test_paper_topologies_and_alphas():
+  spec = netspec.spec_from_config(get_config("paper").model)
+  t = spec.topologies()
+  assert list(t) == ["fusing", "fl", "normal", "reduce"]
+  assert (t["fusing"].n_inputs, t["fusing"].n_inner, t["fusing"].num_edges) == (3, 2, 7)
+  assert (t["fl"].n_inputs, t["fl"].n_inner, t["fl"].num_edges) == (2, 2, 5)
+  assert (t["normal"].n_inputs, t["normal"].n_inner, t["normal"].num_edges) == (2, 3, 9)
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
+  assert {p: a.shape for p, a in alphas.items()} == {
+    "fusing": (7, 10),
+    "fl": (5, 10),
+    "normal": (9, 10),
+    "reduce": (9, 10),
+  }
+  assert float(jnp.abs(alphas["normal"]).max()) < 1e-2  # 1e-3 * N(0, 1)
+
+
+def test_darts_edge_numbering():
+  t = Topology(2, 4)
+  assert [t.node_edges(j) for j in range(4)] == [
+    (0, 1),
+    (2, 3, 4),
+    (5, 6, 7, 8),
+    (9, 10, 11, 12, 13),
+  ]
+  assert t.edges[5:9] == ((0, 4), (1, 4), (2, 4), (3, 4))
+
+
+def test_fl_stem_feeds_the_first_two_cells():
+  spec = tiny_spec(cells=("reduce", "normal", "reduce"))
+  captured = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(context.module, Part):
+      captured[context.module.name] = (args[0], out)
+    return out
+
+  def run():
+    model = supernet.make_supernet(spec)
+    images = supernet.dummy_images(spec, 2)
+    alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
+    masks = supernet.init_masks(spec)
+    v = model.init(jax.random.PRNGKey(0), images, alphas, masks, train=True)
+    with nn.intercept_methods(interceptor):
+      model.apply(v, images, alphas, masks, train=True, mutable=["batch_stats"])
+      fl_out = captured["fl_stem"][1]
+      fusing_out = captured["fusing_stem"][1]
+      (c0_s0, c0_s1), c0_out = captured["cell0"]
+      (c1_s0, c1_s1), c1_out = captured["cell1"]
+      (c2_s0, c2_s1), _ = captured["cell2"]
+      assert c0_s0 is fl_out and c0_s1 is fusing_out
+      assert c1_s0 is fl_out and c1_s1 is c0_out
+      assert c2_s0 is c0_out and c2_s1 is c1_out
+    return 0
+
+  jax.eval_shape(run)  # traced only: nothing is compiled
+
+
+def test_wl_only_omits_fl_stem_and_logs(caplog):
+  spec = tiny_spec(modalities=PAPER_MODALITIES[:1])
+  assert "fl" not in spec.topologies()
+  with caplog.at_level("INFO"):
+    spec.log_structure()
+  assert "FL Stem is omitted" in caplog.text
+  v = jax.eval_shape(lambda: supernet.init(spec, jax.random.PRNGKey(0)))
+  assert "fl_stem" not in v["params"]
+  out = jax.eval_shape(
+    lambda v: supernet.apply(
+      v,
+      random_images(spec),
+      supernet.init_alphas(spec, jax.random.PRNGKey(1)),
+      supernet.init_masks(spec),
+      spec=spec,
+      train=True,
+    )[0],
+    v,
+  )
+  chex.assert_shape(out, (2, 4))
+
+
+@pytest.mark.parametrize(
+  "fusing,fl", [("concat", "learnable"), ("learnable", "concat"), ("concat", "concat")]
+)
+def test_stem_ablations(fusing, fl):
+  spec = tiny_spec(fusing_stem=fusing, fl_stem=fl)
+  parts = spec.topologies()
+  assert ("fusing" in parts) == (fusing == "learnable")
+  assert ("fl" in parts) == (fl == "learnable")
+  shapes = jax.eval_shape(lambda: supernet.init(spec, jax.random.PRNGKey(0)))
+  for name, kind in (("fusing_stem", fusing), ("fl_stem", fl)):
+    if kind == "concat":
+      # Stem inputs are concatenated and a 1x1 conv keeps the channel count C_sout.
+      n_in = 3 if name == "fusing_stem" else 2
+      assert shapes["params"][name]["kernel"].shape == (n_in * spec.c_sin, 2 * spec.c_sin)
+  out = module_outputs(spec)
+  chex.assert_shape(out["cell0"], (2, 4, 4, 3 * 2 * spec.cell_channels))
+
+
+def test_bad_images_are_rejected():
+  spec = tiny_spec()
+  v = jax.eval_shape(lambda: supernet.init(spec, jax.random.PRNGKey(0)))
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
+  masks = supernet.init_masks(spec)
+  imgs = supernet.dummy_images(spec, 2)
+  run = lambda i: jax.eval_shape(
+    lambda v: supernet.apply(v, i, alphas, masks, spec=spec, train=True), v
+  )
+  with pytest.raises(ValueError, match="missing modality 'NIR2'"):
+    run({k: x for k, x in imgs.items() if k != "NIR2"})
+  bad = dict(imgs, NIR1=jnp.zeros((2, 8, 8, 1)))
+  with pytest.raises(ValueError, match="modality 'NIR1'"):
+    run(bad)
+  bad = dict(imgs, NIR1=jnp.zeros((2, 6, 6, 3)))
+  with pytest.raises(ValueError, match="mismatched"):
+    run(bad)
+
+
+def dag_setup(C=4, seed=0):
+  topo = Topology(2, 3)
+  op_set = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "nor_conv_3x3")
+  ctx = OpContext(train=True)
+  dag = MixedDAG(topo, op_set, C, False, ctx)
+  xs = [jax.random.normal(jax.random.PRNGKey(seed + i), (2, 6, 6, C)) for i in range(2)]
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(9), (topo.num_edges, len(op_set))))
+  v = jax.jit(dag.init)(jax.random.PRNGKey(seed), xs, w)
+  return topo, op_set, ctx, dag, xs, w, v
+
+
+def test_masking_one_op_removes_exactly_its_contribution():
+  topo, op_set, ctx, dag, xs, w, v = dag_setup()
+  e, k = 1, op_set.index("sep_conv_3x3")  # edge 1: input node 1 -> first inner node
+  w_masked = w.at[e, k].set(0.0)
+  run = jax.jit(lambda w: dag.apply(v, xs, w))
+  full, masked = run(w), run(w_masked)
+  # The op's own output, from its slice of the stacked parameters.
+  source = topo.edges[e][0]
+  r, t, j = edge_slot(topo, False, e)
+  key = search_param_name(r, "sep_conv_3x3")
+  one = {c: jax.tree.map(lambda a: a[t, j], v[c][key]) for c in ("params", "batch_stats")}
+  op_out = jax.jit(OpCall("sep_conv_3x3", 4, 1, ctx).apply)(one, xs[source])
+  np.testing.assert_allclose(full[0] - masked[0], w[e, k] * op_out, atol=1e-5)
+  # Downstream nodes change, but no other op's contribution to node 0 does.
+  assert not np.allclose(full[1], masked[1])
+
+
+def test_gradients_reach_every_alpha(spec):
+  v = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))
+  masks = supernet.init_masks(spec)
+  images = random_images(spec, batch=4)
+  labels = jnp.array([0, 1, 2, 3])
+
+  def loss(a):
+    logits, _ = supernet.apply(v, images, a, masks, spec=spec, train=True)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+  grads = jax.jit(jax.grad(loss))(alphas)
+  for p, g in grads.items():
+    assert g.shape == alphas[p].shape
+    assert np.all(np.abs(np.asarray(g)) > 0), f"part {p} has alphas without gradient"
+
+
+def test_jit_apply_equals_apply(spec):
+  v = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))
+  masks = supernet.init_masks(spec)
+  images = random_images(spec)
+  rngs = {"dropout": jax.random.PRNGKey(5)}
+  f = lambda v, i, a, m: supernet.apply(v, i, a, m, spec=spec, train=True, rngs=rngs, drop_prob=0.2)
+  eager = f(v, images, alphas, masks)
+  jitted = jax.jit(f)(v, images, alphas, masks)
+  chex.assert_trees_all_close(eager, jitted, atol=1e-5, rtol=1e-5)
+  # Eval mode uses running statistics and no DropPath: deterministic.
+  g = jax.jit(lambda v, i, a, m: supernet.apply(v, i, a, m, spec=spec, train=False)[0])
+  np.testing.assert_array_equal(g(v, images, alphas, masks), g(v, images, alphas, masks))
+
+
+def test_masks_are_traced_arguments(spec):
+  """Changing masks (op removal, decided edges) never recompiles."""
+  v = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))
+  images = random_images(spec)
+  traces = []
+
+  @jax.jit
+  def f(m):
+    traces.append(1)
+    return supernet.apply(v, images, alphas, m, spec=spec, train=True, update_stats=False)[0]
+
+  m0 = supernet.init_masks(spec)
+  outs = [f(m0)]
+  m1 = jax.tree.map(lambda x: x, m0)
+  m1["normal"]["op"] = m1["normal"]["op"].at[0, 3].set(0.0)
+  outs.append(f(m1))
+  m2 = jax.tree.map(lambda x: x, m1)
+  m2["reduce"]["decided"] = m2["reduce"]["decided"].at[2].set(1.0)
+  m2["reduce"]["op"] = m2["reduce"]["op"].at[2].set(jax.nn.one_hot(4, len(spec.op_set)))
+  outs.append(f(m2))
+  assert len(traces) == 1
+  assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
+
+
+def test_drop_path_is_per_sample_and_off_in_eval():
+  topo, op_set, ctx, dag, xs, w, v = dag_setup()
+  dp = MixedDAG(topo, op_set, 4, False, ctx, drop_path=True)
+  run = jax.jit(lambda p, key: dp.apply(v, xs, w, p, rngs={"dropout": key}))
+  a = run(0.5, jax.random.PRNGKey(0))
+  b = run(0.5, jax.random.PRNGKey(1))
+  c = run(0.0, jax.random.PRNGKey(1))
+  assert not np.allclose(a[0], b[0])
+  np.testing.assert_allclose(c[0], jax.jit(lambda: dag.apply(v, xs, w))()[0], atol=1e-6)
