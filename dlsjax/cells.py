@@ -3,13 +3,13 @@
 Search (``MixedDAG``): every edge carries all operations, mixed with
 per-edge weights ``w[E, K]`` (computed by the supernet from alphas and
 masks). All edges that leave one source node share their input, so each
-operation is evaluated for all of them in *one* ``nn.vmap`` call with the
-parameters stacked on a leading edge axis and the input broadcast. A kxk
-convolution with a batched kernel and a shared input then lowers to a single
+operation is evaluated for all of them in *one* ``jax.vmap`` with the
+parameters stacked on a leading axis and the input broadcast: a kxk
+convolution with a batched kernel and a shared input lowers to a single
 convolution with ``edges * C`` outputs, and parameter-free ops (pooling,
-identity) are computed once per source instead of once per edge. This keeps
-the compiled graph small: a cell costs ``n_inputs + n_inner - 1`` traced
-calls per operation instead of one per edge.
+identity) are computed once per source instead of once per edge. The sources
+of a cell then run through one ``lax.scan``, so XLA compiles one body per
+normal cell (two per reduction cell) instead of one graph per edge.
 
 Derived (``DerivedDAG``): each kept edge applies its one chosen operation.
 Its parameters have exactly the structure of one slice of the search
@@ -121,7 +121,7 @@ class MixedDAG(nn.Module):
   ...]``, input shared). Slots of non-existent edges (target <= source) get
   zero weight: a little wasted arithmetic buys one compiled body per run,
   which keeps XLA's compile time small. Their parameters exist but never
-  receive gradient; :func:`count_search_params` leaves them out.
+  receive gradient; :func:`search_param_count` leaves them out.
   """
 
   topology: Topology
@@ -130,6 +130,7 @@ class MixedDAG(nn.Module):
   reduction: bool
   ctx: OpContext
   drop_path: bool = False
+  unroll: bool = False
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], weights_EK: jax.Array, drop_prob=0.0):
@@ -219,7 +220,9 @@ class MixedDAG(nn.Module):
         return (nodes, last), new_s
 
       ts = jnp.arange(t0, t1)
-      (nodes, last), new_stats = lax.scan(body, (nodes, last), (ts, params, stats, coef))
+      (nodes, last), new_stats = lax.scan(
+        body, (nodes, last), (ts, params, stats, coef), unroll=n_t if self.unroll else 1
+      )
       if stats_mutable and not self.is_initializing():
         for k, key in stat_keys:
           if stats[k]:

@@ -87,7 +87,7 @@ def variables_from_search(
     mapped = {}
     for name, sub in src.items():
       if name.startswith("cell") or name in ("fusing_stem", "fl_stem"):
-        part = _part_of(spec, name)
+        part = part_of(spec, name)
         if part is not None and "dag" in sub:
           sub = dict(sub)
           sub["dag"] = edge_params_from_search(
@@ -104,7 +104,8 @@ def variables_from_search(
   return out
 
 
-def _part_of(spec: NetworkSpec, module_name: str) -> str | None:
+def part_of(spec: NetworkSpec, module_name: str) -> str | None:
+  """The learnable part a top-level module belongs to (None for non-learnable stems)."""
   if module_name == "fusing_stem":
     return "fusing" if spec.fusing_stem == "learnable" else None
   if module_name == "fl_stem":

@@ -2,12 +2,17 @@
 
 ``dlsjax describe`` prints them. FLOPs come from XLA's cost analysis of the
 forward pass for one image at the config's input size (XLA counts a
-multiply-add as 2 FLOPs); the HLO size and compile time are those of the
-jitted forward (eval mode, batch 1).
+multiply-add as 2 FLOPs), with native depthwise convolutions so that the
+count is the model's, not that of the CPU's block-diagonal formulation (and,
+for supernets, with the cell scans unrolled and their zero-weight padding
+slots included: what the supernet computes).
+The HLO size and compile time are those of the jitted forward as it runs
+(eval mode, batch 1). Supernet parameter counts leave the padding slots out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -15,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsjax import derived_net, supernet
+from dlsjax import cells, derived_net, supernet
 from dlsjax.netspec import NetworkSpec
 
 
@@ -25,23 +30,37 @@ def count_params(params: Mapping, exclude: tuple[str, ...] = ()) -> int:
   )
 
 
+def search_param_count(spec: NetworkSpec, params: Mapping) -> int:
+  """Trainable parameters of a supernet, without the padding slots of the cell scans."""
+  total = 0
+  topos = spec.topologies()
+  for name, sub in params.items():
+    part = derived_net.part_of(spec, name) if name.startswith(("cell", "fusing", "fl_")) else None
+    if part is not None and "dag" in sub:
+      total += cells.search_param_count(topos[part], part == "reduce", sub["dag"])
+      total += count_params({k: v for k, v in sub.items() if k != "dag"})
+    else:
+      total += count_params({name: sub})
+  return total
+
+
+def _flops(fn, args) -> int | None:
+  cost = jax.jit(fn).lower(*args).cost_analysis()
+  if isinstance(cost, list | tuple):
+    cost = cost[0] if cost else {}
+  return int(cost["flops"]) if cost and "flops" in cost else None
+
+
 def _forward_facts(fn, args, compile_: bool) -> dict:
   t0 = time.perf_counter()
   lowered = jax.jit(fn).lower(*args)
   trace_s = time.perf_counter() - t0
   hlo = lowered.as_text()
   out = {"hlo_lines": len(hlo.splitlines()), "trace_s": round(trace_s, 2)}
-  cost = None
   if compile_:
     t0 = time.perf_counter()
-    compiled = lowered.compile()
+    lowered.compile()
     out["compile_s"] = round(time.perf_counter() - t0, 2)
-    cost = compiled.cost_analysis()
-  if not cost:
-    cost = lowered.cost_analysis()
-  if isinstance(cost, list | tuple):
-    cost = cost[0] if cost else {}
-  out["flops_per_image"] = int(cost.get("flops", 0)) if cost else None
   return out
 
 
@@ -56,9 +75,15 @@ def describe_search_space(spec: NetworkSpec, *, compile_: bool = True) -> dict:
 
   variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_)
+  xla_spec = dataclasses.replace(spec, depthwise_impl="xla", scan_unroll=True)
+
+  def fwd_xla(variables, images, alphas, masks):
+    return supernet.apply(variables, images, alphas, masks, spec=xla_spec, train=False)[0]
+
+  facts["flops_per_image"] = _flops(fwd_xla, (variables, images, alphas, masks))
   return {
     "kind": "search_space",
-    "params": count_params(shapes["params"]),
+    "params": search_param_count(spec, shapes["params"]),
     "alphas": int(sum(a.size for a in alphas.values())),
     "parts": {
       p: {
@@ -90,6 +115,12 @@ def describe_derived(
 
   variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   facts = _forward_facts(fwd, (variables, images), compile_)
+  xla_model = derived_net.make_derived_net(
+    dataclasses.replace(spec, depthwise_impl="xla"), choice, aux_head=aux_head
+  )
+  facts["flops_per_image"] = _flops(
+    lambda variables, images: xla_model.apply(variables, images, train=False), (variables, images)
+  )
   out = {
     "kind": "derived_network",
     "params": count_params(shapes["params"], exclude=("aux_head",)),

@@ -55,6 +55,9 @@ class NetworkSpec:
       Fusing Stem output as ``s0`` instead.
     resolution: input height = width.
     depthwise_impl: ``auto`` | ``xla`` | ``dense`` (see layers.depthwise_conv).
+    scan_unroll: unroll the supernet's scans over source nodes (a larger
+      graph; used by ``describe`` because XLA's cost analysis counts a loop
+      body once).
     stem_bias_free: manual stems are conv (no bias) + affine BN.
   """
 
@@ -72,6 +75,7 @@ class NetworkSpec:
   fl_stem_cells: int = 2
   resolution: int = 64
   depthwise_impl: str = "auto"
+  scan_unroll: bool = False
 
   def __post_init__(self):
     if not self.modalities:

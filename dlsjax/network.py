@@ -62,6 +62,7 @@ class Part(nn.Module):
   C_out: int = 0
   choice: tuple[int, ...] | None = None
   drop_path: bool = False
+  unroll: bool = False
 
   @nn.compact
   def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
@@ -77,7 +78,14 @@ class Part(nn.Module):
       inputs = [p0, ReLUConvBN(self.C, 1, 1, ctx, name="pre1")(s1)]
     if self.choice is None:
       nodes = MixedDAG(
-        self.topology, self.op_set, self.C, self.reduction, ctx, self.drop_path, name="dag"
+        self.topology,
+        self.op_set,
+        self.C,
+        self.reduction,
+        ctx,
+        self.drop_path,
+        unroll=self.unroll,
+        name="dag",
       )(inputs, weights_EK, drop_prob)
     else:
       nodes = DerivedDAG(
@@ -160,7 +168,9 @@ class Network(nn.Module):
       topo = topos[part_name]
       if search:
         w = mixing_weights(alphas[part_name], masks[part_name])
-        return Part(topo, spec.op_set, ctx=ctx, drop_path=drop_path, **kw), w
+        return Part(
+          topo, spec.op_set, ctx=ctx, drop_path=drop_path, unroll=spec.scan_unroll, **kw
+        ), w
       choice = tuple(int(c) for c in self.genotype[part_name])
       return Part(topo, spec.op_set, ctx=ctx, choice=choice, drop_path=drop_path, **kw), None
 

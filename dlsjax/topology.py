@@ -61,20 +61,6 @@ class Topology:
     n_prec = self.n_inputs + inner_index
     return n_prec if self.is_concat_node(inner_index) else min(self.k, n_prec)
 
-  @functools.cached_property
-  def source_groups(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """``(source node, edges leaving it)``, sources in node order.
-
-    The supernet evaluates all edges leaving one source in a single vmapped
-    call (they share their input), so a cell costs ``n_inputs + n_inner - 1``
-    traced calls per operation instead of one per edge.
-    """
-    groups = []
-    for s in range(self.n_inputs + self.n_inner - 1):
-      es = tuple(e for e, (src, _) in enumerate(self.edges) if src == s)
-      groups.append((s, es))
-    return tuple(groups)
-
   def edge_matrix(self) -> np.ndarray:
     """``int32[num_edges, 2]`` of (source, target)."""
     return np.asarray(self.edges, np.int32).reshape(-1, 2)
