@@ -86,13 +86,12 @@ def variables_from_search(
     src = search_variables[col]
     mapped = {}
     for name, sub in src.items():
-      if name.startswith("cell") or name in ("fusing_stem", "fl_stem"):
-        part = part_of(spec, name)
-        if part is not None and "dag" in sub:
-          sub = dict(sub)
-          sub["dag"] = edge_params_from_search(
-            topos[part], part == "reduce", sub["dag"], choice[part], spec.op_set
-          )
+      part = part_of(spec, name)
+      if part is not None and "dag" in sub:
+        sub = dict(sub)
+        sub["dag"] = edge_params_from_search(
+          topos[part], part == "reduce", sub["dag"], choice[part], spec.op_set
+        )
       mapped[name] = sub
     flat_t = traverse_util.flatten_dict(template[col])
     flat_s = traverse_util.flatten_dict(mapped)
@@ -105,9 +104,11 @@ def variables_from_search(
 
 
 def part_of(spec: NetworkSpec, module_name: str) -> str | None:
-  """The learnable part a top-level module belongs to (None for non-learnable stems)."""
+  """The learnable part a top-level module belongs to; None for any other module."""
   if module_name == "fusing_stem":
     return "fusing" if spec.fusing_stem == "learnable" else None
   if module_name == "fl_stem":
     return "fl" if spec.fl_stem == "learnable" else None
-  return spec.cells[int(module_name[4:])]
+  if module_name.startswith("cell") and module_name[4:].isdigit():
+    return spec.cells[int(module_name[4:])]
+  return None

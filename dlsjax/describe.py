@@ -35,7 +35,7 @@ def search_param_count(spec: NetworkSpec, params: Mapping) -> int:
   total = 0
   topos = spec.topologies()
   for name, sub in params.items():
-    part = derived_net.part_of(spec, name) if name.startswith(("cell", "fusing", "fl_")) else None
+    part = derived_net.part_of(spec, name)
     if part is not None and "dag" in sub:
       total += cells.search_param_count(topos[part], part == "reduce", sub["dag"])
       total += count_params({k: v for k, v in sub.items() if k != "dag"})

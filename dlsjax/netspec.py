@@ -58,7 +58,6 @@ class NetworkSpec:
     scan_unroll: unroll the supernet's scans over source nodes (a larger
       graph; used by ``describe`` because XLA's cost analysis counts a loop
       body once).
-    stem_bias_free: manual stems are conv (no bias) + affine BN.
   """
 
   modalities: tuple[Modality, ...]
