@@ -93,6 +93,42 @@ def cmd_describe(args) -> int:
   return 0
 
 
+def cmd_data(args) -> int:
+  from dlsjax.data import builder, dataset, folder, npz, synth
+
+  try:
+    if args.data_command == "synth":
+      synth.synthesize(
+        args.out, specimens=args.specimens, patients=args.patients, seed=args.seed,
+        size=args.size, progress=True,
+      )  # fmt: skip
+      print(f"wrote {args.specimens} specimens of {args.patients} patients to {args.out}")
+    elif args.data_command == "from-npz":
+      classes = args.classes.split(",") if args.classes else None
+      d = npz.from_npz(args.npz, args.out, modality=args.modality, classes=classes, name=args.name)
+      print(f"wrote {args.out}: {d['name']}, modality {args.modality}, classes {d['classes']}")
+    elif args.data_command == "build":
+      cfg = load_config(args.config, args.set)
+      opts = builder.BuildOptions.from_config(cfg.data, cfg.model.resolution)
+      builder.build(args.manual_dir, args.data_dir, opts, overwrite=args.overwrite)
+      print(dataset.load(args.data_dir).info())
+    elif args.data_command == "info":
+      print(dataset.load(args.data_dir).info())
+  except (folder.DataError, FileExistsError, ValueError) as e:
+    raise SystemExit(f"data {args.data_command}: {e}") from None
+  return 0
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field, e.g. --set model.c_sin_search=16",
+  )
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="dlsjax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
     help="skip compiling the forward (no compile time; FLOPs from the HLO)",
   )
   d.set_defaults(func=cmd_describe)
+
+  data = sub.add_parser("data", help="make, convert, build and inspect datasets")
+  dsub = data.add_subparsers(dest="data_command", required=True)
+  p = dsub.add_parser("synth", help="write the synthetic default dataset folder")
+  p.add_argument("--out", required=True, help="folder to create")
+  p.add_argument("--specimens", type=int, default=240)
+  p.add_argument("--patients", type=int, default=24)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--size", type=int, default=96, help="raw image size in pixels")
+  p = dsub.add_parser("from-npz", help="MedMNIST-style npz -> dataset folder (one modality)")
+  p.add_argument("npz")
+  p.add_argument("--out", required=True)
+  p.add_argument("--modality", default="image", help="modality name (default image)")
+  p.add_argument("--classes", help="comma-separated class names in label order")
+  p.add_argument("--name", help="dataset name (default: the npz file name)")
+  p = dsub.add_parser("build", help="validate a dataset folder and build the TFDS dataset")
+  p.add_argument("--manual-dir", required=True, help="the dataset folder (dataset.json, ...)")
+  p.add_argument("--data-dir", required=True, help="where to write the built dataset")
+  p.add_argument("--config", default="paper", help="config whose data/model fields apply")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --data-dir")
+  _add_set(p)
+  p = dsub.add_parser("info", help="splits, class counts and preprocessing of a built dataset")
+  p.add_argument("--data-dir", required=True)
+  data.set_defaults(func=cmd_data)
   return parser
 
 

@@ -71,3 +71,40 @@ def test_console_script_help():
     check=True,
   )
   assert "--search-space" in r.stdout
+
+
+def test_data_commands(capsys, tmp_path):
+  run_cli(
+    capsys, "data", "synth", "--out", str(tmp_path / "f"), "--specimens", "12", "--patients", "3"
+  )
+  run_cli(
+    capsys,
+    "data",
+    "synth",
+    "--out",
+    str(tmp_path / "g"),
+    "--specimens",
+    "12",
+    "--patients",
+    "4",
+    "--size",
+    "32",
+  )
+  out = run_cli(
+    capsys, "data", "build", "--manual-dir", str(tmp_path / "g"), "--data-dir", str(tmp_path / "b"),
+    "--set", "model.resolution=16", "--set", "data.test_patients=1",
+  )  # fmt: skip
+  assert "dlsjax_synthetic" in out and "16x16" in out
+  info = run_cli(capsys, "data", "info", "--data-dir", str(tmp_path / "b"))
+  assert "train" in info and "test" in info and "NIR2 (1 ch, fluorescence)" in info
+  assert len(list((tmp_path / "f").iterdir())) == 12 + 2
+  # Errors name the problem and exit non-zero.
+  with pytest.raises(SystemExit, match=r"data build: .*dataset.json: not found"):
+    main.main(["data", "build", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "x")])
+  with pytest.raises(SystemExit, match=r"data build: .*exists and is not empty"):
+    main.main(
+      ["data", "build", "--manual-dir", str(tmp_path / "g"), "--data-dir", str(tmp_path / "b"),
+       "--set", "data.test_patients=1"]
+    )  # fmt: skip
+  with pytest.raises(SystemExit, match=r"--set data.nope: no such config field"):
+    main.main(["data", "build", "--manual-dir", "g", "--data-dir", "b", "--set", "data.nope=1"])

@@ -60,3 +60,21 @@ def darts_cifar_model() -> ml_collections.ConfigDict:
   m.cell_channels_divisor = 0  # unused: C comes from darts_c_*
   m.resolution = 32
   return m
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Dataset building and loading (paper Section III-A; ``dlsjax data build --set data.x=...``)."""
+  d = ml_collections.ConfigDict()
+  d.preprocess = "build"  # build: preprocess once into the dataset | on_the_fly: in the loader
+  d.gray_channels = 3  # single-channel images duplicated to this many (paper: fluorescence to 3)
+  # The paper does not name its non-linear normalisation of raw fluorescence;
+  # log (default) or gamma (see dlsjax/preprocess.py).
+  d.nonlinear = "log"
+  d.gamma = 0.5
+  d.saturated = 0.35  # auto-contrast: % of saturated pixels (ImageJ default)
+  d.lowpass_fraction = 0.5  # FFT low-pass block: half the height and width (1.0 = off)
+  d.test_patients = 5  # patient-level test split when manifest.csv has none (paper: 5 of 24)
+  d.split_seed = 0
+  d.workers = 0  # grain worker processes (0: read-ahead threads in this process)
+  d.threads = 4
+  return d

@@ -14,6 +14,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = common.darts_cifar_model()
   c.classes = [str(i) for i in range(10)]
+  c.data = common.data_config()
   c.seed = 2
   c.search = ml_collections.ConfigDict(
     dict(

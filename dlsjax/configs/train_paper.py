@@ -14,6 +14,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = common.paper_model()
   c.classes = list(common.PAPER_CLASSES)
+  c.data = common.data_config()
   c.seed = 0
   c.train = ml_collections.ConfigDict(
     dict(

@@ -1,0 +1,208 @@
+"""Input pipeline: grain datasets of device-shaped batches from a built dataset.
+
+A batch is ``{"images": {modality: f32[..., B, H, W, C]}, "label": i32[..., B],
+"target": f32[..., B, K], "mask": bool[..., B]}`` where ``...`` is the device
+axis (``num_devices``) when one is asked for. ``target`` is the one-hot label,
+mixed by CutMix when that is on; ``mask`` is False on the padding of the last
+evaluation batch.
+
+Everything is deterministic given the seed: each epoch has its own shuffle and
+augmentation seeds derived from ``(seed, epoch)``, and batch ``i`` of an epoch
+is random access (``dataset[i]``), so a resumed run continues from the exact
+batch it stopped at (``start=``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from dlsjax.data import augment
+from dlsjax.data.dataset import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Training augmentation (paper: 8-pixel crop padding, both flips; CutMix 1.0 in training)."""
+
+  crop_padding: int = 8
+  hflip: bool = True
+  vflip: bool = True
+  cutmix_beta: float = 0.0  # 0: off (search); 1.0 for the derived network's training
+  cutmix_prob: float = 1.0
+
+  @classmethod
+  def from_config(cls, c) -> Augment:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: c[k] for k in names if k in c})
+
+
+class Subset:
+  """Random-access view of ``source`` at ``indices``, decoded by ``decode``."""
+
+  def __init__(self, source, indices: Sequence[int], decode):
+    self._source, self._indices, self._decode = source, np.asarray(indices, np.int64), decode
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int):
+    return self._decode(self._source[int(self._indices[i])])
+
+
+def search_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The search phase's sample-level split of the training set (paper Section II-B).
+
+  A seeded permutation; the first half updates the weights, the second the
+  alphas (as DARTS: ``split = n // 2``).
+  """
+  order = np.random.default_rng(seed).permutation(n)
+  return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+
+
+def host_shard(indices: np.ndarray, index: int, count: int) -> np.ndarray:
+  """This host's share of ``indices`` for multi-host runs (every ``count``-th)."""
+  return np.asarray(indices)[index::count]
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+  return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def _stack(examples: Sequence[dict]) -> dict:
+  return {
+    "images": {k: np.stack([e["images"][k] for e in examples]) for k in examples[0]["images"]},
+    "label": np.asarray([e["label"] for e in examples], np.int32),
+    "target": np.stack([e["target"] for e in examples]).astype(np.float32),
+    "mask": np.asarray([e["mask"] for e in examples], bool),
+  }
+
+
+def _with_target(num_classes: int):
+  def fn(ex):
+    return {
+      "images": ex["images"],
+      "label": ex["label"],
+      "target": np.eye(num_classes, dtype=np.float32)[ex["label"]],
+      "mask": True,
+    }
+
+  return fn
+
+
+def to_devices(batch: dict, num_devices: int | None) -> dict:
+  """Reshape the leading batch axis to ``[num_devices, B / num_devices]``."""
+  if not num_devices:
+    return batch
+
+  def split(x):
+    if x.shape[0] % num_devices:
+      raise ValueError(f"batch of {x.shape[0]} does not split over {num_devices} devices")
+    return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+  return {
+    "images": {k: split(v) for k, v in batch["images"].items()},
+    **{k: split(batch[k]) for k in ("label", "target", "mask")},
+  }
+
+
+def train_batches(
+  ds: Dataset,
+  source,
+  indices: Sequence[int] | None = None,
+  *,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  aug: Augment = Augment(),
+  num_devices: int | None = None,
+  resolution: int | None = None,
+) -> grain.MapDataset:
+  """One epoch of shuffled, augmented, full batches (the last partial batch is dropped).
+
+  ``len(result)`` is the number of steps; ``result[i]`` is batch ``i``.
+  """
+  indices = np.arange(len(source)) if indices is None else indices
+  if len(indices) < batch_size:
+    raise ValueError(f"{len(indices)} examples cannot fill one batch of {batch_size}")
+  k = len(ds.desc.classes)
+  crop = _crop_fn(aug)
+  data = (
+    grain.MapDataset.source(Subset(source, indices, lambda r: ds.decode(r, resolution)))
+    .shuffle(seed=epoch_seed(seed, epoch, 0))
+    .random_map(
+      lambda ex, rng: {**ex, "images": crop(ex["images"], rng)}, seed=epoch_seed(seed, epoch, 1)
+    )
+    .map(_with_target(k))
+    .batch(batch_size, drop_remainder=True, batch_fn=_stack)
+  )
+  if aug.cutmix_beta > 0:
+
+    def mix(batch, rng):
+      images, target = augment.cutmix(
+        batch["images"], batch["target"], rng, beta=aug.cutmix_beta, prob=aug.cutmix_prob
+      )
+      return {**batch, "images": images, "target": target}
+
+    data = data.random_map(mix, seed=epoch_seed(seed, epoch, 2))
+  return data.map(lambda b: to_devices(b, num_devices))
+
+
+def _crop_fn(aug: Augment):
+  def crop(images, rng):
+    return augment.random_crop_flip(
+      images, rng, padding=aug.crop_padding, hflip=aug.hflip, vflip=aug.vflip
+    )
+
+  return crop
+
+
+def eval_batches(
+  ds: Dataset,
+  source,
+  indices: Sequence[int] | None = None,
+  *,
+  batch_size: int,
+  num_devices: int | None = None,
+  resolution: int | None = None,
+) -> grain.MapDataset:
+  """Every example once, in order; the last batch is padded and ``mask`` marks real rows."""
+  indices = np.arange(len(source)) if indices is None else indices
+  k = len(ds.desc.classes)
+
+  def pad(b):
+    n = len(b["label"])
+    if n == batch_size:
+      return b
+
+    def p(x):
+      return np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+
+    return {
+      "images": {m: p(v) for m, v in b["images"].items()},
+      **{f: p(b[f]) for f in ("label", "target", "mask")},
+    }
+
+  return (
+    grain.MapDataset.source(Subset(source, indices, lambda r: ds.decode(r, resolution)))
+    .map(_with_target(k))
+    .batch(batch_size, drop_remainder=False, batch_fn=_stack)
+    .map(pad)
+    .map(lambda b: to_devices(b, num_devices))
+  )
+
+
+def iterate(
+  batches: grain.MapDataset, *, start: int = 0, workers: int = 0, threads: int = 4
+) -> Iterator[dict]:
+  """Iterate from batch ``start`` with read-ahead threads, or ``workers`` processes."""
+  data = batches[start:] if start else batches
+  it = data.to_iter_dataset(
+    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+  )
+  if workers:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(it)
