@@ -24,10 +24,13 @@ test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 # The end-to-end demo (search -> derive -> train -> evaluate) lands with the
-# pipeline issue; until then `make demo` describes the paper search space and
-# the DARTS_V2 network, which exercises the supernet and the derived network.
+# pipeline issue; until then `make demo` makes and builds the synthetic default
+# dataset, and describes the paper search space and the DARTS_V2 network.
 demo: $(STAMP)
 	mkdir -p runs/demo
+	test -d runs/demo/data || $(BIN)/dlsjax data synth --out runs/demo/data
+	test -d runs/demo/data_built || $(BIN)/dlsjax data build --manual-dir runs/demo/data --data-dir runs/demo/data_built
+	$(BIN)/dlsjax data info --data-dir runs/demo/data_built | tee runs/demo/data_info.txt
 	$(BIN)/dlsjax describe --search-space paper --no-compile | tee runs/demo/search_space.txt
 	$(BIN)/dlsjax describe --preset darts_v2 --no-compile | tee runs/demo/darts_v2.txt
 

@@ -51,6 +51,17 @@ def test_crop_flip_is_shared_across_modalities():
   assert np.array_equal(flipped, wl) or np.array_equal(flipped, wl[:, ::-1])
 
 
+def test_crop_is_a_window_of_the_zero_padded_image():
+  x = np.random.default_rng(0).random((10, 12, 2)).astype(np.float32)
+  for seed in range(40):
+    dy, dx = np.random.default_rng(seed).integers(0, 2 * 3 + 1, size=2)
+    want = np.pad(x, ((3, 3), (3, 3), (0, 0)))[dy : dy + 10, dx : dx + 12]
+    got = augment.random_crop_flip(
+      {"a": x}, np.random.default_rng(seed), padding=3, hflip=False, vflip=False
+    )["a"]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_cutmix_mixes_targets_by_pasted_area():
   b, h, w, k = 6, 16, 16, 4
   values = np.arange(b, dtype=np.float32)
@@ -124,3 +135,15 @@ def test_eval_batches_pad_and_mask(built):
   np.testing.assert_array_equal(labels, [built.decode(src[i])["label"] for i in range(n)])
   last = ev[len(ev) - 1]["images"]["WL"].reshape(-1, 16, 16, 3)
   assert (last[masks[-4:] == 0] == 0).all()
+
+
+def test_worker_processes_give_the_same_batches(built):
+  src = built.source("train")
+  ep = pipeline.train_batches(built, src, batch_size=4, seed=1, epoch=0)
+  local = list(pipeline.iterate(ep))
+  remote = list(pipeline.iterate(ep, workers=1))
+  assert len(local) == len(remote) == len(ep)
+  for a, b in zip(local, remote, strict=True):
+    for m in built.modalities:
+      np.testing.assert_array_equal(a["images"][m], b["images"][m])
+    np.testing.assert_array_equal(a["target"], b["target"])

@@ -124,3 +124,19 @@ def test_all_modalities_beat_white_light_alone(big, tmp_path):
   print("accuracy WL-only", wl, "all", all_, "majority", majority)
   assert all_ >= wl + 0.1, (wl, all_)
   assert all_ >= majority + 0.1, (all_, majority)
+
+
+def test_interrupted_synthesis_leaves_nothing(tmp_path, monkeypatch):
+  calls = []
+
+  def failing(*args, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real(*args, **kw)
+
+  real = synth.specimen_images
+  monkeypatch.setattr(synth, "specimen_images", failing)
+  with pytest.raises(KeyboardInterrupt):
+    synth.synthesize(tmp_path / "out", specimens=5, patients=2, size=32)
+  assert list(tmp_path.iterdir()) == []

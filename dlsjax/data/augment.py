@@ -31,8 +31,13 @@ def random_crop_flip(
   for name, x in images.items():
     if x.shape[:2] != (h, w):
       raise ValueError(f"modality {name}: size {x.shape[:2]} differs from {(h, w)}")
-    if padding:
-      x = np.pad(x, ((padding, padding), (padding, padding), (0, 0)))[dy : dy + h, dx : dx + w]
+    if padding:  # == np.pad(x, padding)[dy:dy + h, dx:dx + w], without the padded copy
+      sy, sx = dy - padding, dx - padding  # source offset of the crop window
+      out_x = np.zeros_like(x)
+      out_x[max(0, -sy) : h - max(0, sy), max(0, -sx) : w - max(0, sx)] = x[
+        max(0, sy) : h + min(0, sy), max(0, sx) : w + min(0, sx)
+      ]
+      x = out_x
     if flip_h:
       x = x[:, ::-1]
     if flip_v:

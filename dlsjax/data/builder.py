@@ -98,12 +98,15 @@ def _make_builder_class():
     def _info(self):
       feats = {}
       for m in self._desc.modalities:
+        # Preprocessed floats do not compress (zlib would only cost decode time);
+        # raw integer intensities stored as float32 do. Single-channel images are
+        # stored once and duplicated to ``gray_channels`` when decoded.
         if self._opts.preprocess == "build":
           r = self._opts.resolution
-          shape = (r, r, self._opts.channels_of(m))
+          shape, encoding = (r, r, m.channels), "none"
         else:
-          shape = (None, None, m.channels)
-        feats[m.name] = tfds.features.Tensor(shape=shape, dtype=np.float32, encoding="zlib")
+          shape, encoding = (None, None, m.channels), "zlib"
+        feats[m.name] = tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=encoding)
       feats["label"] = tfds.features.ClassLabel(names=list(self._desc.classes))
       feats["specimen_id"] = tfds.features.Text()
       feats["patient_id"] = tfds.features.Text()
@@ -121,7 +124,8 @@ def _make_builder_class():
       for r in rows:
         images = folder.read_specimen(self._root, self._desc, r)
         if self._opts.preprocess == "build":
-          images = preprocess_specimen(images, self._desc, self._opts, r.specimen_id)
+          stored = dataclasses.replace(self._opts, gray_channels=1)
+          images = preprocess_specimen(images, self._desc, stored, r.specimen_id)
         else:
           images = {k: v.astype(np.float32) for k, v in images.items()}
         yield (

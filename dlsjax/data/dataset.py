@@ -52,6 +52,8 @@ class Dataset:
         )
         sid = _text(record["specimen_id"])
         x = builder.preprocess_specimen({m.name: x}, _one(self.desc, m), opts, sid)[m.name]
+      elif x.shape[-1] != self.opts.channels_of(m):  # stored once, duplicated here
+        x = np.repeat(x, self.opts.channels_of(m), axis=-1)
       images[m.name] = x
     return {
       "images": images,

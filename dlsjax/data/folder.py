@@ -13,10 +13,13 @@ Every problem raises :class:`DataError` whose message starts with the file
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import pathlib
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
@@ -330,3 +333,17 @@ def validate(root: str | pathlib.Path, *, test_patients: int = 5, seed: int = 0)
       stacklevel=2,
     )
   return desc, rows
+
+
+@contextlib.contextmanager
+def staging_dir(out: pathlib.Path):
+  """A temporary folder beside ``out`` that becomes ``out`` only if the block succeeds."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+  try:
+    yield tmp
+    if out.exists():
+      out.rmdir()  # empty (checked by the caller)
+    tmp.rename(out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from dlsjax.data.folder import SPLITS, DataError
+from dlsjax.data.folder import SPLITS, DataError, staging_dir
 
 
 def from_npz(
@@ -53,9 +53,13 @@ def from_npz(
   channels = 3 if arrays[splits[0]][0].ndim == 4 and arrays[splits[0]][0].shape[-1] == 3 else 1
   if out.exists() and any(out.iterdir()):
     raise DataError(f"{out}: exists and is not empty")
-  out.mkdir(parents=True, exist_ok=True)
+  with staging_dir(out) as tmp:
+    return _write(tmp, arrays, splits, classes, channels, modality, name or npz_path.stem)
+
+
+def _write(out, arrays, splits, classes, channels, modality, name) -> dict:
   desc = {
-    "name": name or npz_path.stem,
+    "name": name,
     "modalities": [{"name": modality, "channels": channels, "fluorescence": False}],
     "classes": classes,
   }

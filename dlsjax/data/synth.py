@@ -25,6 +25,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from dlsjax.data import folder
+
 PAPER_CLASS_PRIOR = (0.27, 0.43, 0.20, 0.09)  # grades I-IV, paper Section III-A
 CLASSES = ("I", "II", "III", "IV")
 MODALITIES = (
@@ -138,6 +140,11 @@ def synthesize(
     raise FileExistsError(f"{out}: exists and is not empty")
   if not 1 <= patients <= specimens:
     raise ValueError(f"need 1 <= patients <= specimens, got {patients} and {specimens}")
+  with folder.staging_dir(out) as tmp:
+    return _write(tmp, specimens, patients, seed, size, dominant, progress)
+
+
+def _write(out, specimens, patients, seed, size, dominant, progress) -> dict:
   rng = np.random.default_rng(seed)
   prior = np.asarray(PAPER_CLASS_PRIOR) / sum(PAPER_CLASS_PRIOR)
   pats = [
@@ -152,7 +159,6 @@ def synthesize(
   ]
   owner = np.concatenate([np.arange(patients), rng.integers(0, patients, specimens - patients)])
   rng.shuffle(owner)
-  out.mkdir(parents=True, exist_ok=True)
   desc = {"name": "dlsjax_synthetic", "modalities": list(MODALITIES), "classes": list(CLASSES)}
   (out / "dataset.json").write_text(json.dumps(desc, indent=2))
   rows = []

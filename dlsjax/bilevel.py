@@ -1,0 +1,253 @@
+"""The alternating bi-level search update (paper Section II-B, DARTS Algorithm 1).
+
+One step: update the alphas on a batch of the alpha half (first order: the
+gradient of the validation loss at the current weights; second order: through
+one virtual SGD step of the weights, eq. 5), then the weights on a batch of the
+weight half. The state is a plain dict of pytrees::
+
+    {"params", "batch_stats", "alphas", "opt_w", "opt_a", "step"}
+
+``make_search_step`` returns the per-device function; it averages gradients,
+metrics and BatchNorm statistics with ``lax.pmean`` over ``axis_name`` and
+uses cross-device (synchronised) batch statistics, so N devices compute what
+one device computes on the global batch. ``sharding.py`` runs it under
+``jax.pmap`` or ``jax.shard_map``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dlsjax import losses, supernet
+from dlsjax.netspec import NetworkSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHParams:
+  """Hyper-parameters of the search (``config.search``; paper Section III-B)."""
+
+  epochs: int = 50
+  steps_per_epoch: int = 1
+  order: str = "first"  # first | second
+  w_lr: float = 2.5e-3
+  w_lr_min: float = 1e-5
+  w_momentum: float = 0.9
+  w_weight_decay: float = 3e-4
+  grad_clip: float = 5.0  # 0 disables
+  alpha_lr: float = 6e-4
+  alpha_weight_decay: float = 1e-3
+  alpha_b1: float = 0.5
+  alpha_b2: float = 0.999
+  focal_gamma: float = 2.0
+  focal_alpha: float = 1.0
+  drop_path: float = 0.2
+
+  def __post_init__(self):
+    if self.order not in ("first", "second"):
+      raise ValueError(f"search.order must be 'first' or 'second', got {self.order!r}")
+
+  @classmethod
+  def from_config(cls, search_cfg, steps_per_epoch: int) -> SearchHParams:
+    names = {f.name for f in dataclasses.fields(cls)} - {"steps_per_epoch"}
+    kw = {k: search_cfg[k] for k in names if k in search_cfg}
+    return cls(steps_per_epoch=steps_per_epoch, **kw)
+
+
+def weight_lr(h: SearchHParams):
+  """Cosine annealing per epoch, as PyTorch's ``CosineAnnealingLR`` stepped each epoch."""
+
+  def schedule(step):
+    epoch = jnp.minimum(step // h.steps_per_epoch, h.epochs - 1)
+    cos = 0.5 * (1.0 + jnp.cos(math.pi * epoch / h.epochs))
+    return h.w_lr_min + (h.w_lr - h.w_lr_min) * cos
+
+  return schedule
+
+
+def weight_optimizer(h: SearchHParams) -> optax.GradientTransformation:
+  """SGD with momentum and (coupled) weight decay after gradient clipping, as DARTS."""
+  return optax.chain(
+    optax.clip_by_global_norm(h.grad_clip) if h.grad_clip else optax.identity(),
+    optax.add_decayed_weights(h.w_weight_decay),
+    optax.sgd(weight_lr(h), momentum=h.w_momentum),
+  )
+
+
+def alpha_optimizer(h: SearchHParams) -> optax.GradientTransformation:
+  """Adam with L2 weight decay added to the gradient (PyTorch ``Adam(weight_decay=)``)."""
+  return optax.chain(
+    optax.add_decayed_weights(h.alpha_weight_decay),
+    optax.adam(h.alpha_lr, b1=h.alpha_b1, b2=h.alpha_b2, eps=1e-8),
+  )
+
+
+def momentum_buffer(opt_w) -> dict:
+  """The SGD momentum buffer inside ``weight_optimizer``'s state."""
+  for leaf in jax.tree.leaves(opt_w, is_leaf=lambda x: isinstance(x, optax.TraceState)):
+    if isinstance(leaf, optax.TraceState):
+      return leaf.trace
+  raise ValueError("no momentum buffer (optax.TraceState) in the weight optimizer state")
+
+
+def init_state(spec: NetworkSpec, h: SearchHParams, rng) -> dict:
+  """Fresh search state: weights, BN statistics, alphas and both optimizer states.
+
+  One jitted call (eager optimizer init would compile a kernel per parameter).
+  """
+  spec.log_structure()
+
+  @jax.jit
+  def make(rng):
+    r_w, r_a = jax.random.split(rng)
+    model = supernet.make_supernet(spec)
+    alphas = supernet.init_alphas(spec, r_a)
+    images, masks = supernet.dummy_images(spec, 2), supernet.init_masks(spec)
+    variables = model.init({"params": r_w}, images, alphas, masks, train=True)
+    return {
+      "params": variables["params"],
+      "batch_stats": variables["batch_stats"],
+      "alphas": alphas,
+      "opt_w": weight_optimizer(h).init(variables["params"]),
+      "opt_a": alpha_optimizer(h).init(alphas),
+      "step": jnp.zeros((), jnp.int32),
+    }
+
+  return make(rng)
+
+
+def make_loss_fn(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
+  """``loss(params, alphas, batch_stats, batch, rng, update_stats) -> (loss, (logits, stats))``.
+
+  The focal loss of the supernet in training mode (batch statistics,
+  synchronised over ``axis_name``), with every operation unmasked.
+  """
+  masks = supernet.init_masks(spec)
+
+  def loss_fn(params, alphas, batch_stats, batch, rng, update_stats):
+    logits, new_stats = supernet.apply(
+      {"params": params, "batch_stats": batch_stats},
+      batch["images"],
+      alphas,
+      masks,
+      spec=spec,
+      train=True,
+      rngs={"dropout": rng},
+      drop_prob=h.drop_path,
+      update_stats=update_stats,
+      bn_axis_name=axis_name,
+    )
+    loss = losses.focal_loss(logits, batch["target"], gamma=h.focal_gamma, alpha=h.focal_alpha)
+    return loss, (logits, new_stats)
+
+  return loss_fn
+
+
+def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
+  """``alpha_grad(state, train_batch, val_batch, r_train, r_val) -> (g, loss, logits, stats)``.
+
+  First order: ``dL_val/dalpha`` at the current weights. Second order (eq. 5):
+  the gradient of ``L_val(w', alpha)`` with ``w' = w - xi (mu m + dL_train/dw
+  + wd w)``, the DARTS virtual step (momentum ``m`` and weight decay included,
+  ``xi`` the current weight lr), differentiated exactly through ``w'``:
+  ``dL_val/dalpha - xi (d2 L_train / dw dalpha) v`` with ``v = dL_val/dw'``;
+  the mixed second-derivative product is computed forward-over-reverse
+  (``jax.jvp`` of the alpha gradient in the direction ``v``), not by finite
+  differences. ``stats`` are the BN statistics after the validation forward.
+  """
+  loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
+  schedule = weight_lr(h)
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name else x
+
+  def first(state, train_batch, val_batch, r_train, r_val):
+    grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+    (loss, (logits, stats)), g = grad_fn(
+      state["params"], state["alphas"], state["batch_stats"], val_batch, r_val, True
+    )
+    return pmean(g), loss, logits, stats
+
+  def second(state, train_batch, val_batch, r_train, r_val):
+    params, alphas, stats = state["params"], state["alphas"], state["batch_stats"]
+    xi = schedule(state["step"])
+    mom = momentum_buffer(state["opt_w"])
+
+    def train_loss(p, a):
+      return loss_fn(p, a, stats, train_batch, r_train, False)[0]
+
+    g_w = pmean(jax.grad(train_loss)(params, alphas))
+    virtual = jax.tree.map(
+      lambda w, m, g: w - xi * (h.w_momentum * m + g + h.w_weight_decay * w), params, mom, g_w
+    )
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    (loss, (logits, new_stats)), (g_wv, g_a) = grad_fn(
+      virtual, alphas, stats, val_batch, r_val, True
+    )
+    g_wv = pmean(g_wv)
+    _, mixed = jax.jvp(lambda p: jax.grad(train_loss, argnums=1)(p, alphas), (params,), (g_wv,))
+    g = jax.tree.map(lambda d, m: d - xi * m, pmean(g_a), pmean(mixed))
+    return g, loss, logits, new_stats
+
+  return first if h.order == "first" else second
+
+
+def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
+  """``step(state, train_batch, val_batch, rng) -> (state, metrics)`` for one device.
+
+  ``train_batch`` (weight half) and ``val_batch`` (alpha half) are this
+  device's shards ``{"images", "label", "target", ...}``. With ``axis_name``
+  None it runs without collectives (a single device, no mapping).
+  """
+  w_tx, a_tx = weight_optimizer(h), alpha_optimizer(h)
+  schedule = weight_lr(h)
+  loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
+  alpha_grad = make_alpha_grad(spec, h, axis_name=axis_name)
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name else x
+
+  def step(state, train_batch, val_batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+    if axis_name:  # each device draws its own DropPath masks
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    r_train, r_val = jax.random.split(rng)
+
+    # 1. Architecture weights on the alpha half (DARTS updates them first).
+    g_a, val_loss, val_logits, stats = alpha_grad(state, train_batch, val_batch, r_train, r_val)
+    upd, opt_a = a_tx.update(g_a, state["opt_a"], state["alphas"])
+    alphas = optax.apply_updates(state["alphas"], upd)
+
+    # 2. Network weights on the weight half, with the new alphas.
+    grad_fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
+    (train_loss, (train_logits, stats)), g_w = grad_fn(
+      state["params"], alphas, stats, train_batch, r_train, True
+    )
+    g_w = pmean(g_w)
+    upd, opt_w = w_tx.update(g_w, state["opt_w"], state["params"])
+    params = optax.apply_updates(state["params"], upd)
+
+    metrics = {
+      "train_loss": train_loss,
+      "train_acc": losses.accuracy(train_logits, train_batch["label"]),
+      "val_loss": val_loss,
+      "val_acc": losses.accuracy(val_logits, val_batch["label"]),
+      "w_grad_norm": optax.global_norm(g_w),
+      "alpha_grad_norm": optax.global_norm(g_a),
+      "w_lr": schedule(state["step"]),
+    }
+    new_state = {
+      "params": params,
+      "batch_stats": pmean(stats),
+      "alphas": alphas,
+      "opt_w": opt_w,
+      "opt_a": opt_a,
+      "step": state["step"] + 1,
+    }
+    return new_state, pmean(metrics)
+
+  return step
