@@ -119,6 +119,19 @@ def cmd_data(args) -> int:
   return 0
 
 
+def cmd_search(args) -> int:
+  from dlsjax import search
+  from dlsjax.data.folder import DataError
+
+  cfg = load_config(args.config, args.set)
+  try:
+    search.search(cfg, args.data_dir, args.workdir, resume=args.resume, stop_after=args.stop_after)
+  except (DataError, search.SearchError) as e:
+    raise SystemExit(f"search: {e}") from None
+  print(f"search finished: {args.workdir}/alphas.png, {args.workdir}/genotype_argmax.json")
+  return 0
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--set",
@@ -176,11 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
   p = dsub.add_parser("info", help="splits, class counts and preprocessing of a built dataset")
   p.add_argument("--data-dir", required=True)
   data.set_defaults(func=cmd_data)
+
+  p = sub.add_parser("search", help="bi-level architecture search (weights and alphas)")
+  p.add_argument("--config", default="paper", help="config name (paper | darts_cifar)")
+  p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
+  p.add_argument("--workdir", required=True, help="run folder (checkpoints, metrics, figures)")
+  p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+  p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
+  _add_set(p)
+  p.set_defaults(func=cmd_search)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / TFDS progress chatter
   from dlsjax import runtime
 
   runtime.setup()

@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       crop_padding=8,
       hflip=True,
       vflip=True,
+      parallel="pmap",  # pmap | shard_map (same per-device step)
+      checkpoint_every_steps=0,  # 0: only at the end of every epoch
+      distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
     )
   )
   if arg == "runlocal":

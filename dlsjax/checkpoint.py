@@ -1,0 +1,57 @@
+"""Orbax checkpoints of a run: a state pytree plus JSON metadata per step."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """``save(step, state, meta)`` / ``restore(template) -> (state, meta)`` under ``directory``.
+
+  Saves are synchronous (a run killed right after ``save`` returns keeps the
+  checkpoint) and atomic (orbax writes into a temporary folder and renames).
+  """
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).resolve()
+    self._mgr = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+      ),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._mgr.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    state = jax.tree.map(np.asarray, state)
+    self._mgr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    self._mgr.wait_until_finished()
+
+  def restore(self, template, step: int | None = None):
+    """The state (shaped like ``template``) and metadata of ``step`` (default: latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint")
+    abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template
+    )
+    out = self._mgr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
+    return out["state"], out["meta"]
+
+  def close(self) -> None:
+    self._mgr.close()

@@ -1,0 +1,110 @@
+"""The search job: outputs, errors, and SIGKILL + --resume reproducing an uninterrupted run."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlsjax.data import builder, npz
+
+BREAST = pathlib.Path(__file__).parent / "data" / "breastmnist_subset.npz"
+# A cells-only supernet on one modality (BreastMNIST subset), small enough to
+# compile in seconds; the search loop, checkpoints and data order are what is tested.
+TINY = [
+  "model.modalities=[{'name': 'US', 'channels': 3, 'fluorescence': False}]",
+  "model.num_classes=2",
+  "model.fusing_stem=identity",
+  "model.fl_stem=off",
+  "model.c_sin_search=4",
+  "model.cell_channels_divisor=2",
+  "model.k_r=1",
+  "model.resolution=8",
+  "model.op_set=none,avg_pool_3x3,skip_connect,sep_conv_3x3",
+  "search.batch_size=4",
+  "search.epochs=2",
+  "search.crop_padding=2",
+  "search.checkpoint_every_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("search_data")
+  npz.from_npz(BREAST, root / "folder", modality="US")
+  builder.build(root / "folder", root / "built", builder.BuildOptions(resolution=8))
+  return root / "built"
+
+
+def command(data_dir, workdir, *extra):
+  sets = [a for s in TINY for a in ("--set", s)]
+  return [
+    sys.executable, "-m", "dlsjax.main", "search", "--config", "paper",
+    "--data-dir", str(data_dir), "--workdir", str(workdir), *sets, *extra,
+  ]  # fmt: skip
+
+
+def run(cmd, **kw):
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
+  full = tmp_path / "full"
+  run(command(data_dir, full))
+  for f in ("alphas.npz", "alphas.png", "genotype_argmax.json", "config.json"):
+    assert (full / f).is_file(), f
+  records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert set(records[0]["alphas"]) == {"normal", "reduce"}
+  assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_acc"] <= 1 for r in records)
+  assert list((full / "tb").iterdir())  # TensorBoard event file
+
+  # Start again, SIGKILL once a mid-epoch checkpoint exists, then --resume.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+    command(data_dir, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  ckpts = killed / "checkpoints"
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    done = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+    if any(int(p.name) in (2, 4) for p in done):  # mid-epoch (5 steps per epoch)
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "the run ended before it could be killed"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "alphas.npz").exists()
+  # Without --resume the workdir is protected.
+  out = subprocess.run(command(data_dir, killed), capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0 and "pass --resume" in out.stderr
+  run(command(data_dir, killed, "--resume"))
+
+  a, b = np.load(full / "alphas.npz"), np.load(killed / "alphas.npz")
+  for part in a.files:
+    np.testing.assert_allclose(a[part], b[part], rtol=1e-6, atol=1e-7)
+  assert (full / "genotype_argmax.json").read_text() == (
+    killed / "genotype_argmax.json"
+  ).read_text()
+  resumed = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in resumed] == [1, 2]
+  np.testing.assert_allclose(resumed[-1]["train_loss"], records[-1]["train_loss"], rtol=1e-5)
+
+
+def test_search_errors_name_the_problem(data_dir, tmp_path):
+  bad = [*command(data_dir, tmp_path / "w"), "--set", "model.num_classes=4"]
+  out = subprocess.run(bad, capture_output=True, text=True, timeout=600)
+  assert (
+    out.returncode != 0 and "2 classes" in out.stderr and "model.num_classes is 4" in out.stderr
+  )
+  out = subprocess.run(
+    command(tmp_path / "nothing", tmp_path / "w"), capture_output=True, text=True, timeout=600
+  )
+  assert out.returncode != 0 and "not a built dlsjax dataset" in out.stderr
