@@ -53,9 +53,9 @@ class SearchHParams:
 
   @classmethod
   def from_config(cls, search_cfg, steps_per_epoch: int) -> SearchHParams:
-    names = {f.name for f in dataclasses.fields(cls)} - {"steps_per_epoch"}
-    kw = {k: search_cfg[k] for k in names if k in search_cfg}
-    return cls(steps_per_epoch=steps_per_epoch, **kw)
+    from dlsjax.configs import dataclass_from_config
+
+    return dataclass_from_config(cls, search_cfg, steps_per_epoch=steps_per_epoch)
 
 
 def weight_lr(h: SearchHParams):

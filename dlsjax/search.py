@@ -115,20 +115,20 @@ def search(
       f"cannot fill one batch of {host_batch}"
     )
   h = bilevel.SearchHParams.from_config(sc, steps_per_epoch)
-  aug = pipeline.Augment(crop_padding=sc.crop_padding, hflip=sc.hflip, vflip=sc.vflip)
+  aug = pipeline.Augment.from_config(sc)  # crop and flips; no CutMix in the search
   runner = sharding.Runner(bilevel.make_search_step(spec, h), mode=sc.get("parallel", "pmap"))
   if host_batch % runner.n:
     raise SearchError(f"batch {host_batch} per host does not split over {runner.n} devices")
 
   ckpt = checkpoint.Checkpoints(workdir / "checkpoints")
+  if ckpt.latest_step() is not None and not resume:
+    raise SearchError(
+      f"{workdir}: has search checkpoints (step {ckpt.latest_step()}); pass --resume to "
+      "continue, or use a new --workdir"
+    )
   state = bilevel.init_state(spec, h, jax.random.PRNGKey(seed))
   epoch, start, sums = 0, 0, dict.fromkeys(METRIC_KEYS, 0.0)
   if ckpt.latest_step() is not None:
-    if not resume:
-      raise SearchError(
-        f"{workdir}: has search checkpoints (step {ckpt.latest_step()}); pass --resume to "
-        "continue, or use a new --workdir"
-      )
     state, meta = ckpt.restore(state)
     epoch, start, sums = meta["epoch"], meta["batch"], meta["sums"]
     if meta.get("seed") != seed:

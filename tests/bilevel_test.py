@@ -44,6 +44,15 @@ def test_cosine_schedule_per_epoch():
   assert float(lr(39)) > 0.001 and float(lr(1000)) == pytest.approx(float(lr(39)))
 
 
+def cells_only_spec():
+  return tiny_spec(
+    op_set=("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+    modalities=(Modality("WL", 3, False),),
+    fusing_stem="identity",
+    fl_stem="off",
+  )
+
+
 def batch(spec, n, seed):
   rng = np.random.default_rng(seed)
   r = spec.resolution
@@ -70,8 +79,9 @@ def with_momentum(opt_state, trace):
 
 def test_second_order_matches_finite_differences():
   """The exact unrolled alpha gradient equals a central finite difference of eq. (5)."""
-  # Few ops keep the second-order graph (three gradients and a jvp) quick to compile.
-  spec = tiny_spec(op_set=("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"))
+  # Cells only and few ops keep the second-order graph (three gradients and a
+  # jvp) quick to trace and compile; the formula does not depend on the stems.
+  spec = cells_only_spec()
   h = bilevel.SearchHParams(order="second", steps_per_epoch=5, w_lr=0.05, drop_path=0.2)
   with jax.enable_x64(True):
     state = to64(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
@@ -124,12 +134,7 @@ def run_steps(spec, h, mode, n_devices, batches):
 def test_one_device_pmap_and_shard_map_agree():
   """Same global batches: 1 device, 4 with pmap, 4 with shard_map give the same search state."""
   # Cells only (one modality, no learnable stems): the device mapping is what is tested.
-  spec = tiny_spec(
-    op_set=("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
-    modalities=(Modality("WL", 3, False),),
-    fusing_stem="identity",
-    fl_stem="off",
-  )
+  spec = cells_only_spec()
   # DropPath off: its masks are drawn per device, so they differ by design.
   h = bilevel.SearchHParams(steps_per_epoch=3, w_lr=0.05, alpha_lr=0.01, drop_path=0.0)
   batches = [(batch(spec, 8, 2 * i), batch(spec, 8, 2 * i + 1)) for i in range(3)]
@@ -144,3 +149,16 @@ def test_one_device_pmap_and_shard_map_agree():
   # The alphas moved: the comparison is not between two initial states.
   init = bilevel.init_state(spec, h, jax.random.PRNGKey(0))
   assert np.abs(ref["alphas"]["normal"] - np.asarray(init["alphas"]["normal"])).max() > 1e-3
+
+
+def test_paper_search_defaults():
+  """Every search hyper-parameter of paper Section III-B is the `paper` config's default."""
+  from dlsjax.configs import get_config
+
+  c = get_config("paper")
+  h = bilevel.SearchHParams.from_config(c.search, steps_per_epoch=1)
+  assert (h.epochs, c.search.batch_size, h.order) == (50, 16, "first")
+  assert (h.w_lr, h.w_lr_min, h.w_momentum, h.w_weight_decay) == (2.5e-3, 1e-5, 0.9, 3e-4)
+  assert (h.alpha_lr, h.alpha_weight_decay, h.alpha_b1, h.alpha_b2) == (6e-4, 1e-3, 0.5, 0.999)
+  assert (h.focal_gamma, h.focal_alpha, h.drop_path, h.grad_clip) == (2.0, 1.0, 0.2, 5.0)
+  assert (c.search.crop_padding, c.search.hflip, c.search.vflip) == (8, True, True)

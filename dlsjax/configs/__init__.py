@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 CONFIGS = {
@@ -18,3 +19,9 @@ def get_config(name: str, arg: str | None = None):
     raise KeyError(f"unknown config {name!r}; available: {sorted(CONFIGS)}")
   module = importlib.import_module(f"dlsjax.configs.{CONFIGS[name]}")
   return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def dataclass_from_config(cls, cfg, **fixed):
+  """``cls(**fixed, **{f: cfg[f]})`` for the fields of dataclass ``cls`` that ``cfg`` has."""
+  names = {f.name for f in dataclasses.fields(cls)} - set(fixed)
+  return cls(**fixed, **{k: cfg[k] for k in names if k in cfg})

@@ -50,8 +50,9 @@ class BuildOptions:
 
   @classmethod
   def from_config(cls, data_cfg, resolution: int) -> BuildOptions:
-    names = {f.name for f in dataclasses.fields(cls)} - {"resolution"}
-    return cls(resolution=resolution, **{k: data_cfg[k] for k in names if k in data_cfg})
+    from dlsjax.configs import dataclass_from_config
+
+    return dataclass_from_config(cls, data_cfg, resolution=resolution)
 
   def channels_of(self, m: folder.ModalityInfo) -> int:
     """Channels of modality ``m`` after preprocessing."""

@@ -36,8 +36,9 @@ class Augment:
 
   @classmethod
   def from_config(cls, c) -> Augment:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: c[k] for k in names if k in c})
+    from dlsjax.configs import dataclass_from_config
+
+    return dataclass_from_config(cls, c)
 
 
 class Subset:

@@ -1,0 +1,114 @@
+"""Images/s, compile time and peak memory of the search step.
+
+    python benchmarks/search_throughput.py [--only NAME] [--steps N] [--batch B]
+
+Measurements (each in a fresh subprocess, so peak RSS is its own):
+``darts_cifar_first_order``, ``darts_cifar_second_order`` (the canonical DARTS
+CIFAR search: C=16, 8 cells, 8 ops, batch 64, 32x32, 10 classes) and
+``paper_first_order``, ``paper_second_order`` (the paper config: batch 16,
+64x64, 3 modalities, C_sin 48, 10 ops). Random inputs; one global batch of
+each half per step, over all local devices (``jax.pmap``). images/s counts the
+weight-half batch per step, as the DARTS code's throughput does. One JSON line
+per measurement with ``name``, ``images_per_s``, ``step_s``, ``compile_s``,
+``peak_rss_mb``, ``backend``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+MEASUREMENTS = {
+  "darts_cifar_first_order": ("darts_cifar", "first"),
+  "darts_cifar_second_order": ("darts_cifar", "second"),
+  "paper_first_order": ("paper", "first"),
+  "paper_second_order": ("paper", "second"),
+}
+
+
+def measure(name: str, steps: int, batch: int | None) -> dict:
+  import jax
+  import numpy as np
+
+  from dlsjax import bilevel, runtime, sharding
+  from dlsjax.configs import get_config
+  from dlsjax.netspec import spec_from_config
+
+  runtime.setup()
+  config_name, order = MEASUREMENTS[name]
+  cfg = get_config(config_name)
+  spec = spec_from_config(cfg.model, phase="search")
+  b = batch or cfg.search.batch_size
+  h = bilevel.SearchHParams.from_config(cfg.search, steps_per_epoch=1000)
+  h = bilevel.SearchHParams(**{**h.__dict__, "order": order})
+  runner = sharding.Runner(bilevel.make_search_step(spec, h), mode="pmap")
+  rng = np.random.default_rng(0)
+
+  def make_batch():
+    r = spec.resolution
+    labels = rng.integers(0, spec.num_classes, b)
+    return runner.shard_batch(
+      {
+        "images": {m.name: rng.random((b, r, r, m.channels), np.float32) for m in spec.modalities},
+        "label": labels.astype(np.int32),
+        "target": np.eye(spec.num_classes, dtype=np.float32)[labels],
+      }
+    )
+
+  t0 = time.perf_counter()
+  state = runner.replicate(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
+  init_s = time.perf_counter() - t0
+  tb, vb, key = make_batch(), make_batch(), jax.random.PRNGKey(1)
+  t0 = time.perf_counter()
+  state, m = runner(state, tb, vb, key)  # compile + first step
+  jax.block_until_ready(m)
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = runner(state, tb, vb, key)
+  jax.block_until_ready(m)
+  step_s = (time.perf_counter() - t0) / steps
+  return {
+    "name": name,
+    "images_per_s": round(b / step_s, 3),
+    "step_s": round(step_s, 2),
+    "compile_s": round(first_s - step_s, 1),
+    "init_s": round(init_s, 1),
+    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    "batch": b,
+    "steps": steps,
+    "devices": runner.n,
+    "backend": jax.default_backend(),
+  }
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap.add_argument("--only", choices=sorted(MEASUREMENTS), help="run one measurement")
+  ap.add_argument("--steps", type=int, default=2, help="timed steps after the compile")
+  ap.add_argument("--batch", type=int, help="global batch (default: the config's)")
+  ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
+  args = ap.parse_args(argv)
+  names = [args.only] if args.only else list(MEASUREMENTS)
+  if args.inline:
+    print(json.dumps(measure(names[0], args.steps, args.batch)), flush=True)
+    return 0
+  for name in names:  # one process each: peak RSS and compile caches are per measurement
+    cmd = [sys.executable, __file__, "--inline", "--only", name, "--steps", str(args.steps)]
+    if args.batch:
+      cmd += ["--batch", str(args.batch)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+    if out.returncode or not lines:
+      print(json.dumps({"name": name, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
+    else:
+      print(lines[-1], flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
