@@ -3,7 +3,8 @@
     python benchmarks/depthwise_variants.py [--batch 4 --res 16 --channels 8 --edges 3]
 
 For each implementation (``xla``: feature_group_count=C; ``dense``: block
-diagonal kernel) it measures the op unbatched, under a vmap over edges with a
+diagonal kernel; ``toeplitz``: batched matmul with banded matrices, the CPU
+default) it measures the op unbatched, under a vmap over edges with a
 shared input ("rhs-only", the first layer of every op in the supernet) and
 with a batched input ("both", the second block of a separable conv). One JSON
 line per measurement.
@@ -47,7 +48,7 @@ def main():
   xb = jnp.ones((E, B, H, H, C))
   w = jnp.ones((k, k, 1, C))
   wb = jnp.ones((E, k, k, 1, C))
-  for impl in ("xla", "dense"):
+  for impl in ("xla", "dense", "toeplitz"):
     dw = lambda x_, w_, impl=impl: layers.depthwise_conv(x_, w_, impl=impl)
     cases = {
       "unbatched": (dw, x, w),

@@ -46,6 +46,12 @@ class SearchHParams:
   focal_gamma: float = 2.0
   focal_alpha: float = 1.0
   drop_path: float = 0.2
+  # First order only: run the alpha phase and the weight phase through one
+  # compiled forward+backward (a 2-step ``lax.scan`` over the phases) instead
+  # of two. Halves compile time and code size; the price is the weight
+  # gradient computed (and discarded) in the alpha phase. Same arithmetic
+  # otherwise (tested).
+  fuse_phases: bool = True
 
   def __post_init__(self):
     if self.order not in ("first", "second"):
@@ -121,19 +127,20 @@ def init_state(spec: NetworkSpec, h: SearchHParams, rng) -> dict:
 
 
 def make_loss_fn(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
-  """``loss(params, alphas, batch_stats, batch, rng, update_stats) -> (loss, (logits, stats))``.
+  """``loss(params, alphas, stats, batch, rng, update_stats[, masks]) -> (loss, (logits, stats))``.
 
   The focal loss of the supernet in training mode (batch statistics,
-  synchronised over ``axis_name``), with every operation unmasked.
+  synchronised over ``axis_name``); ``masks`` default to every operation
+  unmasked.
   """
-  masks = supernet.init_masks(spec)
+  no_masks = supernet.init_masks(spec)
 
-  def loss_fn(params, alphas, batch_stats, batch, rng, update_stats):
+  def loss_fn(params, alphas, batch_stats, batch, rng, update_stats, masks=None):
     logits, new_stats = supernet.apply(
       {"params": params, "batch_stats": batch_stats},
       batch["images"],
       alphas,
-      masks,
+      no_masks if masks is None else masks,
       spec=spec,
       train=True,
       rngs={"dropout": rng},
@@ -211,11 +218,35 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name else x
 
-  def step(state, train_batch, val_batch, rng):
+  def split_rng(state, rng):
     rng = jax.random.fold_in(rng, state["step"])
     if axis_name:  # each device draws its own DropPath masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    r_train, r_val = jax.random.split(rng)
+    return jax.random.split(rng)
+
+  def finish(state, params, alphas, stats, opt_w, opt_a, train, val, g_norms):
+    """New state and metrics; ``train``/``val`` are ``(loss, logits, labels)``."""
+    metrics = {
+      "train_loss": train[0],
+      "train_acc": losses.accuracy(train[1], train[2]),
+      "val_loss": val[0],
+      "val_acc": losses.accuracy(val[1], val[2]),
+      "w_grad_norm": g_norms[0],
+      "alpha_grad_norm": g_norms[1],
+      "w_lr": schedule(state["step"]),
+    }
+    new_state = {
+      "params": params,
+      "batch_stats": pmean(stats),
+      "alphas": alphas,
+      "opt_w": opt_w,
+      "opt_a": opt_a,
+      "step": state["step"] + 1,
+    }
+    return new_state, pmean(metrics)
+
+  def step(state, train_batch, val_batch, rng):
+    r_train, r_val = split_rng(state, rng)
 
     # 1. Architecture weights on the alpha half (DARTS updates them first).
     g_a, val_loss, val_logits, stats = alpha_grad(state, train_batch, val_batch, r_train, r_val)
@@ -230,24 +261,80 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     g_w = pmean(g_w)
     upd, opt_w = w_tx.update(g_w, state["opt_w"], state["params"])
     params = optax.apply_updates(state["params"], upd)
+    return finish(
+      state, params, alphas, stats, opt_w, opt_a,
+      (train_loss, train_logits, train_batch["label"]),
+      (val_loss, val_logits, val_batch["label"]),
+      (optax.global_norm(g_w), optax.global_norm(g_a)),
+    )  # fmt: skip
 
-    metrics = {
-      "train_loss": train_loss,
-      "train_acc": losses.accuracy(train_logits, train_batch["label"]),
-      "val_loss": val_loss,
-      "val_acc": losses.accuracy(val_logits, val_batch["label"]),
-      "w_grad_norm": optax.global_norm(g_w),
-      "alpha_grad_norm": optax.global_norm(g_a),
-      "w_lr": schedule(state["step"]),
-    }
+  def fused_step(state, train_batch, val_batch, rng):
+    """First order, both phases through one scan body: phase 0 alphas, phase 1 weights."""
+    r_train, r_val = split_rng(state, rng)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+    def select(cond, new, old):
+      return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
+
+    def phase(carry, xs):
+      params, alphas, stats, opt_w, opt_a = carry
+      batch, r, is_weight_phase = xs
+      (loss, (logits, stats)), grads = grad_fn(params, alphas, stats, batch, r, True)
+      g_w, g_a = pmean(grads)
+      upd_a, new_opt_a = a_tx.update(g_a, opt_a, alphas)
+      upd_w, new_opt_w = w_tx.update(g_w, opt_w, params)
+      alphas = select(is_weight_phase, alphas, optax.apply_updates(alphas, upd_a))
+      opt_a = select(is_weight_phase, opt_a, new_opt_a)
+      params = select(is_weight_phase, optax.apply_updates(params, upd_w), params)
+      opt_w = select(is_weight_phase, new_opt_w, opt_w)
+      g_norm = jnp.where(is_weight_phase, optax.global_norm(g_w), optax.global_norm(g_a))
+      return (params, alphas, stats, opt_w, opt_a), (loss, logits, g_norm)
+
+    batches = jax.tree.map(lambda v, t: jnp.stack([v, t]), val_batch, train_batch)
+    xs = (batches, jnp.stack([r_val, r_train]), jnp.array([False, True]))
+    carry = tuple(state[k] for k in ("params", "alphas", "batch_stats", "opt_w", "opt_a"))
+    (params, alphas, stats, opt_w, opt_a), (loss, logits, g_norm) = jax.lax.scan(phase, carry, xs)
+    return finish(
+      state, params, alphas, stats, opt_w, opt_a,
+      (loss[1], logits[1], train_batch["label"]),
+      (loss[0], logits[0], val_batch["label"]),
+      (g_norm[1], g_norm[0]),
+    )  # fmt: skip
+
+  return fused_step if (h.fuse_phases and h.order == "first") else step
+
+
+def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
+  """``step(state, batch, masks, rng) -> (state, metrics)``: weights only, alphas frozen.
+
+  The fine-tuning of a partly derived supernet between PT decisions
+  (``derive.py``). ``state`` is ``{"params", "batch_stats", "alphas", "opt_w",
+  "step"}``; ``masks`` the current derivation masks.
+  """
+  w_tx = weight_optimizer(h)
+  loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
+
+  def step(state, batch, masks, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+    if axis_name:
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    grad_fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
+    (loss, (logits, stats)), g = grad_fn(
+      state["params"], state["alphas"], state["batch_stats"], batch, rng, True, masks
+    )
+    if axis_name:
+      g, stats = jax.lax.pmean((g, stats), axis_name)
+    upd, opt_w = w_tx.update(g, state["opt_w"], state["params"])
     new_state = {
-      "params": params,
-      "batch_stats": pmean(stats),
-      "alphas": alphas,
+      **state,
+      "params": optax.apply_updates(state["params"], upd),
+      "batch_stats": stats,
       "opt_w": opt_w,
-      "opt_a": opt_a,
       "step": state["step"] + 1,
     }
-    return new_state, pmean(metrics)
+    metrics = {"loss": loss, "acc": losses.accuracy(logits, batch["label"])}
+    if axis_name:
+      metrics = jax.lax.pmean(metrics, axis_name)
+    return new_state, metrics
 
   return step

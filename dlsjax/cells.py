@@ -19,7 +19,6 @@ test relies on.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -170,7 +169,7 @@ class MixedDAG(nn.Module):
       mods, params, stats, stat_keys = {}, {}, {}, []
       example = x_in[0] if t0 < n_in else nodes[0]
       for k, name in live:
-        mod = OpCall(name, self.C, stride, dataclasses.replace(self.ctx, edge_batched=True))
+        mod = OpCall(name, self.C, stride, self.ctx)
         mods[k] = mod
         key = search_param_name(r, name)
 

@@ -38,12 +38,20 @@ class Checkpoints:
     self._mgr.wait_until_finished()
 
   def restore(self, template, step: int | None = None):
-    """The state (shaped like ``template``) and metadata of ``step`` (default: latest)."""
+    """The state (shaped like ``template``) and metadata of ``step`` (default: latest).
+
+    ``template`` may hold arrays or ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``).
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint")
     abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template
+      lambda x: (
+        jax.ShapeDtypeStruct(x.shape, x.dtype)
+        if hasattr(x, "dtype")
+        else jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+      ),
+      template,
     )
     out = self._mgr.restore(
       step,
@@ -52,6 +60,14 @@ class Checkpoints:
       ),
     )
     return out["state"], out["meta"]
+
+  def meta(self, step: int | None = None) -> dict:
+    """The JSON metadata of ``step`` (default: latest) without reading the state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint")
+    out = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return out["meta"]
 
   def close(self) -> None:
     self._mgr.close()

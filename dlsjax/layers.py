@@ -7,20 +7,24 @@ dense XLA op instead of many small ones:
 * a 1x1 convolution is an einsum, so a vmap over edges is a batched matmul;
 * a kxk convolution with a batched kernel and a shared input becomes one
   convolution with ``edges * C_out`` output channels (JAX's batching rule);
-* a depthwise convolution is chosen per backend behind :func:`depthwise_conv`.
+* a depthwise convolution is chosen per backend behind :func:`depthwise_conv`;
+  on CPU it is a batched matmul with banded (Toeplitz) matrices, so vmap over
+  edges adds a batch dimension to a dot instead of producing a grouped conv.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-DEPTHWISE_IMPLS = ("auto", "xla", "dense")
+DEPTHWISE_IMPLS = ("auto", "xla", "dense", "toeplitz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +43,6 @@ class OpContext:
     bn_eps: BatchNorm epsilon.
     bn_axis_name: when set, batch statistics are averaged over this named
       axis (data parallel BatchNorm under pmap / shard_map).
-    edge_batched: the op runs under the supernet's ``vmap`` over edges (input
-      shared, parameters batched). Layers whose *input* is batched too (the
-      second block of a separable conv) then prefer XLA's native depthwise
-      convolution, which is faster than a batched dense one.
   """
 
   train: bool = True
@@ -52,7 +52,6 @@ class OpContext:
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   bn_axis_name: str | None = None
-  edge_batched: bool = False
 
 
 class BatchNorm(nn.Module):
@@ -126,24 +125,86 @@ def conv1x1(x, kernel_IO, *, stride: int = 1):
   return jnp.einsum("bhwc,cd->bhwd", x, kernel_IO)
 
 
-def resolve_depthwise_impl(impl: str, channels: int, batched_input: bool = False) -> str:
+def resolve_depthwise_impl(impl: str) -> str:
   """Choose the depthwise formulation for the current backend.
 
-  Measured on a 2-core x86 CPU (see benchmarks/RESULTS.md): XLA's CPU
-  depthwise convolution is 10-50x slower than a dense convolution with a
-  block-diagonal kernel at the channel counts of the search networks, so on
-  CPU ``auto`` picks ``dense`` up to 128 channels, except where the input is
-  itself batched over edges (``batched_input``): there the dense form becomes
-  a grouped convolution, 5x slower than the native depthwise one. GPUs/TPUs
-  have fast native depthwise kernels, so ``auto`` picks ``xla`` there.
+  Measured on a 2-core x86 CPU (``benchmarks/depthwise_variants.py``, see
+  benchmarks/RESULTS.md): XLA's CPU depthwise convolution is 4-17x slower
+  than ``toeplitz`` (a batched matmul) in every case the supernet has:
+  unbatched, a kernel batched over edges with a shared input, and input and
+  kernel both batched (the second block of a separable conv, where ``dense``
+  degrades to a grouped convolution). GPUs/TPUs have fast native depthwise
+  kernels, so ``auto`` picks ``xla`` there.
   """
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(f"depthwise_impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
   if impl != "auto":
     return impl
-  if jax.default_backend() == "cpu" and channels <= 128 and not batched_input:
-    return "dense"
-  return "xla"
+  return "toeplitz" if jax.default_backend() == "cpu" else "xla"
+
+
+def _out_size(size: int, kernel: int, stride: int, dilation: int, pad: int) -> int:
+  return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _column_taps(kernel: int, width: int, stride: int, dilation: int, pad: int) -> np.ndarray:
+  """0/1 array ``S[j, w, v]``: output column ``v`` reads input column ``w`` with tap ``j``.
+
+  Columns that fall into the zero padding have no entry, which is what
+  zero padding contributes.
+  """
+  out = _out_size(width, kernel, stride, dilation, pad)
+  taps = np.zeros((kernel, width, out), np.float32)
+  for j in range(kernel):
+    for v in range(out):
+      w = v * stride + j * dilation - pad
+      if 0 <= w < width:
+        taps[j, w, v] = 1.0
+  return taps
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _depthwise_toeplitz(x, kernel_HW1C, stride: int, dilation: int):
+  return depthwise_toeplitz_raw(x, kernel_HW1C, stride=stride, dilation=dilation)
+
+
+def depthwise_toeplitz(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1):
+  """:func:`depthwise_toeplitz_raw` under ``jax.checkpoint``.
+
+  The stacked row slices are ``k`` times the input; saved for the backward
+  pass they made a canonical DARTS search step take 16 GB. Rematerialised,
+  only the input and kernel are kept (the slices are cheap to redo).
+  """
+  return _depthwise_toeplitz(x, kernel_HW1C, stride, dilation)
+
+
+def depthwise_toeplitz_raw(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1):
+  """Depthwise conv as one batched matmul over channels (no convolution op).
+
+  Rows are handled by ``k`` strided slices of the row-padded input, columns
+  by a banded ``(k*W, W_out)`` matrix per channel built from the kernel with
+  a constant 0/1 tap array, so
+
+      y[c] = rows(x)[c] @ T[c],  rows: (C, B*H_out, k*W), T: (C, k*W, W_out).
+
+  That costs ``W/k`` times the MACs of a direct depthwise conv but runs as a
+  dense dot, which XLA's CPU backend executes far faster than its grouped
+  convolution; under ``vmap`` over edges the edge axis simply joins the dot's
+  batch (or free) dimensions.
+  """
+  b, h, w, c = x.shape
+  k = kernel_HW1C.shape[0]
+  pad = _same_padding(k, dilation)
+  h_out = _out_size(h, k, stride, dilation, pad)
+  taps = _column_taps(k, w, stride, dilation, pad)
+  xc = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), (pad, pad), (0, 0)))
+  span = stride * (h_out - 1) + 1
+  rows = jnp.stack(
+    [xc[:, :, i * dilation : i * dilation + span : stride] for i in range(k)], axis=3
+  ).reshape(c, b * h_out, k * w)
+  banded = jnp.einsum("ijc,jwv->ciwv", kernel_HW1C[:, :, 0, :], taps).reshape(c, k * w, -1)
+  y = lax.dot_general(rows, banded, (((2,), (1,)), ((0,), (0,))))
+  return jnp.transpose(y.reshape(c, b, h_out, -1), (1, 2, 3, 0))
 
 
 def depthwise_conv(
@@ -153,18 +214,21 @@ def depthwise_conv(
   stride: int = 1,
   dilation: int = 1,
   impl: str = "auto",
-  batched_input: bool = False,
 ):
   """Depthwise kxk convolution; every implementation gives the same output.
 
   * ``xla``: ``feature_group_count = C`` (native depthwise).
   * ``dense``: a dense convolution whose kernel is block diagonal,
-    ``w[..., None] * eye(C)``; more FLOPs, but a much faster code path on CPU.
+    ``w[..., None] * eye(C)``; more FLOPs, a faster code path on CPU than
+    ``xla`` but slow under a vmap that batches the input too.
+  * ``toeplitz``: :func:`depthwise_toeplitz`, the CPU default.
   """
   c = x.shape[-1]
-  impl = resolve_depthwise_impl(impl, c, batched_input)
+  impl = resolve_depthwise_impl(impl)
   if impl == "xla":
     return conv(x, kernel_HW1C, stride=stride, dilation=dilation, feature_group_count=c)
+  if impl == "toeplitz":
+    return depthwise_toeplitz(x, kernel_HW1C, stride=stride, dilation=dilation)
   dense = kernel_HW1C[:, :, 0, :, None] * jnp.eye(c, dtype=kernel_HW1C.dtype)
   return conv(x, dense, stride=stride, dilation=dilation)
 

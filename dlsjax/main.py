@@ -132,6 +132,32 @@ def cmd_search(args) -> int:
   return 0
 
 
+def cmd_derive(args) -> int:
+  from dlsjax import derive
+  from dlsjax.data.folder import DataError
+
+  overrides = {}
+  for text in args.set:
+    key, value = parse_override(text)
+    if not key.startswith("derive."):
+      raise SystemExit(f"derive: --set {key}: only derive.* fields can be set here")
+    overrides[key.removeprefix("derive.")] = value
+  try:
+    geno = derive.derive(
+      args.workdir,
+      data_dir=args.data_dir,
+      method=args.method,
+      metric=args.metric,
+      overrides=overrides,
+    )
+  except (DataError, derive.DeriveError, ValueError) as e:
+    raise SystemExit(f"derive: {e}") from None
+  print(geno)
+  w = args.workdir
+  print(f"wrote {w}/genotype.json, {w}/derivation_log.json, {w}/genotype.png")
+  return 0
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--set",
@@ -198,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
   _add_set(p)
   p.set_defaults(func=cmd_search)
+
+  p = sub.add_parser("derive", help="derive the architecture of a finished search (MPDS)")
+  p.add_argument("--workdir", required=True, help="the search's run folder")
+  p.add_argument("--method", choices=["mpds", "argmax", "pt"], help="default: config derive.method")
+  p.add_argument("--metric", choices=["accuracy", "loss", "auc"], help="default: derive.metric")
+  p.add_argument("--data-dir", help="default: the dataset the search used")
+  _add_set(p)
+  p.set_defaults(func=cmd_derive)
   return parser
 
 

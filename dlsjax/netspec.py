@@ -54,7 +54,7 @@ class NetworkSpec:
       for ``s0`` of the first two cells (default 2). With 1, cell 1 gets the
       Fusing Stem output as ``s0`` instead.
     resolution: input height = width.
-    depthwise_impl: ``auto`` | ``xla`` | ``dense`` (see layers.depthwise_conv).
+    depthwise_impl: ``auto`` | ``xla`` | ``dense`` | ``toeplitz`` (see layers.depthwise_conv).
     scan_unroll: unroll the supernet's scans over source nodes (a larger
       graph; used by ``describe`` because XLA's cost analysis counts a loop
       body once).

@@ -121,7 +121,6 @@ class DilConv(nn.Module):
   stride: int
   dilation: int
   ctx: OpContext
-  batched_input: bool = False  # input varies per edge under the supernet's edge vmap
 
   @nn.compact
   def __call__(self, x):
@@ -135,7 +134,6 @@ class DilConv(nn.Module):
       stride=self.stride,
       dilation=self.dilation,
       impl=self.ctx.depthwise_impl,
-      batched_input=self.batched_input and self.ctx.edge_batched,
     )
     pw = self.param("pointwise", layers.conv_init(c_in), (c_in, self.C_out))
     x = layers.conv1x1(x, pw)
@@ -154,7 +152,7 @@ class SepConv(nn.Module):
   def __call__(self, x):
     c_in = x.shape[-1]
     x = DilConv(c_in, self.kernel, self.stride, 1, self.ctx, name="block1")(x)
-    return DilConv(self.C_out, self.kernel, 1, 1, self.ctx, batched_input=True, name="block2")(x)
+    return DilConv(self.C_out, self.kernel, 1, 1, self.ctx, name="block2")(x)
 
 
 class FactorizedReduce(nn.Module):

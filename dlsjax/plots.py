@@ -48,3 +48,72 @@ def alpha_heatmaps(
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _node_label(part: str, node: int, n_inputs: int, modalities: tuple[str, ...]) -> str:
+  if node < n_inputs:
+    if part in ("normal", "reduce"):
+      return f"$c_{{k-{2 - node}}}$"
+    return modalities[node] if node < len(modalities) else f"in{node}"
+  return str(node - n_inputs)
+
+
+def genotype_figure(geno, path: str | pathlib.Path, *, title: str = "", modalities=None) -> None:
+  """One panel per derived part, drawn like the paper's Fig. 2 (no Graphviz needed).
+
+  Input nodes on the left, inner nodes left to right, an output node on the
+  right (a cell concatenates its inner nodes; a learnable stem's output is its
+  last inner node). Edges are arrows labelled with their operation.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  default_inputs = {"fusing": ("WL", "NIR1", "NIR2"), "fl": ("NIR1", "NIR2")}
+  parts = list(geno.parts)
+  fig, axes = plt.subplots(len(parts), 1, figsize=(9, 2.6 * len(parts)), squeeze=False)
+  for ax, p in zip(axes[:, 0], parts, strict=True):
+    part = geno.parts[p]
+    n_in, n_inner = part.n_inputs, len(part.nodes)
+    names = tuple((modalities or {}).get(p, default_inputs.get(p, ())))
+    pos = {i: (0.0, (n_in - 1) / 2 - i) for i in range(n_in)}
+    for j in range(n_inner):
+      pos[n_in + j] = (1.5 + 1.6 * j, 0.9 * (-1) ** j * 0.6)
+    out_xy = (1.5 + 1.6 * n_inner, 0.0)
+    for j, node in enumerate(part.nodes):
+      dst = n_in + j
+      for k, (op, src) in enumerate(node):
+        (x0, y0), (x1, y1) = pos[src], pos[dst]
+        rad = 0.25 * (1 if k % 2 else -1) if src < dst - 1 else 0.0
+        ax.annotate(
+          "", xy=(x1, y1), xytext=(x0, y0),
+          arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.0,
+                          shrinkA=11, shrinkB=11, connectionstyle=f"arc3,rad={rad}"),
+        )  # fmt: skip
+        # The label sits on the arc: the midpoint of matplotlib's arc3 Bezier curve.
+        mx, my = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0)
+        ax.text(mx, my, op, fontsize=6.5, ha="center", va="center", color="C3",
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))  # fmt: skip
+    sinks = [n_in + n_inner - 1] if part.concat_last else [n_in + j for j in range(n_inner)]
+    for s in sinks:
+      ax.annotate(
+        "", xy=out_xy, xytext=pos[s],
+        arrowprops=dict(arrowstyle="-|>", color="0.7", lw=0.8, shrinkA=11, shrinkB=11),
+      )  # fmt: skip
+    for node, (x, y) in pos.items():
+      face = "#cfe3f7" if node < n_in else "#f7e1c9"
+      ax.text(x, y, _node_label(p, node, n_in, names), ha="center", va="center", fontsize=8,
+              bbox=dict(boxstyle="round,pad=0.35", fc=face, ec="0.3"))  # fmt: skip
+    out_name = "output" if part.concat_last else "$c_{k}$"
+    ax.text(*out_xy, out_name, ha="center", va="center", fontsize=8,
+            bbox=dict(boxstyle="round,pad=0.35", fc="#d9f2d0", ec="0.3"))  # fmt: skip
+    ax.set_xlim(-0.6, out_xy[0] + 0.6)
+    ax.set_ylim(-(n_in + 1) / 2 - 0.3, (n_in + 1) / 2 + 0.3)
+    ax.axis("off")
+    ax.set_title(p, fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

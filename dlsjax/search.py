@@ -137,6 +137,9 @@ def search(
   elif resume:
     log.info("%s: no checkpoint, starting a new search", workdir)
   (workdir / "config.json").write_text(config.to_json(indent=2))
+  (workdir / "search_run.json").write_text(
+    json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve())})
+  )
 
   writer = _tensorboard(workdir) if proc == 0 else None
   every = int(sc.get("checkpoint_every_steps", 0) or 0)

@@ -38,26 +38,49 @@ def maybe_initialize_distributed(enabled: bool | str = "auto") -> None:
     jax.distributed.initialize()
 
 
-class Runner:
-  """A compiled, device-mapped step ``(state, train_batch, val_batch, rng) -> (state, metrics)``."""
+REPLICATED, BATCH, HOST = "replicated", "batch", "host"
 
-  def __init__(self, step_fn, *, mode: str = "pmap", devices=None, donate: bool = True):
+
+class Runner:
+  """A compiled, device-mapped per-device function (by default the search step).
+
+  Each argument and result has a kind: ``replicated`` (already laid out with
+  :meth:`replicate`, e.g. the state), ``batch`` (split along its leading axis:
+  :meth:`shard_batch` for arguments; results come back as one global batch)
+  or ``host`` (a small host value copied to every device at each call, e.g. an
+  rng; a result of this kind is identical on every device, e.g. a ``pmean``,
+  and comes back once). The defaults describe ``step(state, train_batch,
+  val_batch, rng) -> (state, metrics)``.
+  """
+
+  def __init__(
+    self,
+    step_fn,
+    *,
+    mode: str = "pmap",
+    devices=None,
+    donate: bool = True,
+    in_kinds: tuple[str, ...] = (REPLICATED, BATCH, BATCH, HOST),
+    out_kinds: tuple[str, ...] = (REPLICATED, HOST),
+  ):
     if mode not in MODES:
       raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
     self.mode = mode
     self.devices = list(devices) if devices is not None else jax.local_devices()
     self.n = len(self.devices)
+    self.in_kinds, self.out_kinds = tuple(in_kinds), tuple(out_kinds)
     donate_args = (0,) if donate else ()
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._stacked = NamedSharding(self.mesh, P(AXIS))  # a leading axis split over devices
     if mode == "pmap":
       self._fn = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_args)
     else:
+      spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS)}
       mapped = jax.shard_map(
         step_fn,
         mesh=self.mesh,
-        in_specs=(P(), P(AXIS), P(AXIS), P()),
-        out_specs=(P(), P()),
+        in_specs=tuple(spec[k] for k in self.in_kinds),
+        out_specs=tuple(spec[k] for k in self.out_kinds),
         # The supernet's cell scans start from zero carries that do not vary
         # over "data"; with type checking of varying axes off, the collectives
         # (pmean of gradients and BN statistics) are explicit, as under pmap,
@@ -100,10 +123,17 @@ class Runner:
       batch = jax.tree.map(lambda x: x.reshape(self.n, -1, *x.shape[1:]), batch)
     return jax.device_put(batch, self._stacked)
 
-  def __call__(self, state, train_batch, val_batch, rng):
+  def __call__(self, *args):
     if self.mode == "pmap":
-      rng = self._stack(rng)
-    state, metrics = self._fn(state, train_batch, val_batch, rng)
+      args = [self._stack(a) if k == HOST else a for a, k in zip(args, self.in_kinds, strict=True)]
+    out = self._fn(*args)
     if self.mode == "pmap":
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    return state, metrics
+      out = tuple(
+        jax.tree.map(lambda x: x[0], o)
+        if k == HOST
+        else jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), o)
+        if k == BATCH
+        else o
+        for o, k in zip(out, self.out_kinds, strict=True)
+      )
+    return out

@@ -48,6 +48,16 @@ def tiny_spec(**kw) -> NetworkSpec:
   return NetworkSpec(**base)
 
 
+def cells_only_spec() -> NetworkSpec:
+  """One modality, no learnable stems, 4 ops: compiles fastest; for tests of the machinery."""
+  return tiny_spec(
+    op_set=("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+    modalities=(Modality("WL", 3, False),),
+    fusing_stem="identity",
+    fl_stem="off",
+  )
+
+
 @pytest.fixture
 def spec():
   return tiny_spec()

@@ -142,27 +142,43 @@ def test_search_bn_is_non_affine_and_derived_bn_is_affine():
   assert set(v["params"]["ReLUConvBN_0"]["BatchNorm_0"]) == {"scale", "bias"}
 
 
-@pytest.mark.parametrize("k,dilation,stride", [(3, 1, 1), (5, 1, 2), (3, 2, 1), (5, 2, 2)])
-def test_depthwise_implementations_agree(k, dilation, stride):
-  x = rand((2, 9, 9, 6))
+@pytest.mark.parametrize(
+  "k,dilation,stride,hw",
+  [(3, 1, 1, (9, 9)), (5, 1, 2, (9, 7)), (3, 2, 1, (8, 6)), (5, 2, 2, (8, 8))],
+)
+def test_depthwise_implementations_agree(k, dilation, stride, hw):
+  x = rand((2, *hw, 6))
   w = rand((k, k, 1, 6), seed=1)
-  ref = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="xla")
-  dense = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="dense")
-  auto = layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl="auto")
-  np.testing.assert_allclose(dense, ref, atol=1e-5)
-  np.testing.assert_allclose(auto, ref, atol=1e-5)
-  # Gradients agree too.
-  g = [
-    jax.grad(
-      lambda w, i=i: (
-        layers.depthwise_conv(x, w, stride=stride, dilation=dilation, impl=i) ** 2
-      ).sum()
-    )(w)
-    for i in ("xla", "dense")
-  ]
-  np.testing.assert_allclose(g[0], g[1], rtol=1e-4, atol=1e-4)
+  impls = ("xla", "dense", "toeplitz", "auto")
+  kw = dict(stride=stride, dilation=dilation)
+  ref = layers.depthwise_conv(x, w, **kw, impl="xla")
+  for impl in impls[1:]:
+    np.testing.assert_allclose(layers.depthwise_conv(x, w, **kw, impl=impl), ref, atol=1e-5)
+
+  # Gradients w.r.t. input and kernel agree, also under a vmap over edges that
+  # batches both (the second block of a separable conv in the supernet).
+  def grads(impl, batched):
+    def loss(x_, w_):
+      f = lambda a, b: layers.depthwise_conv(a, b, **kw, impl=impl)
+      y = jax.vmap(f)(x_, w_) if batched else f(x_, w_)
+      return (y**2 * jnp.arange(y.shape[-1])).sum()
+
+    xs, ws = (jnp.stack([x, 2 * x]), jnp.stack([w, -w])) if batched else (x, w)
+    return jax.grad(loss, argnums=(0, 1))(xs, ws)
+
+  for batched in (False, True):
+    g_ref = grads("xla", batched)
+    for impl in impls[1:]:
+      for a, b in zip(grads(impl, batched), g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="depthwise_impl"):
     layers.depthwise_conv(x, w, impl="fft")
+
+
+def test_depthwise_auto_is_toeplitz_on_cpu():
+  assert layers.resolve_depthwise_impl("auto") == (
+    "toeplitz" if jax.default_backend() == "cpu" else "xla"
+  )
 
 
 def test_batchnorm_running_stats_update_only_when_mutable():

@@ -55,9 +55,20 @@ def run(cmd, **kw):
   return out
 
 
-def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
-  full = tmp_path / "full"
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory):
+  """A finished 2-epoch search (shared by the resume and derive tests)."""
+  full = tmp_path_factory.mktemp("full")
   run(command(data_dir, full))
+  return full
+
+
+def derive_cmd(workdir, *extra):
+  return [sys.executable, "-m", "dlsjax.main", "derive", "--workdir", str(workdir), *extra]
+
+
+def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, full_run, tmp_path):
+  full = full_run
   for f in ("alphas.npz", "alphas.png", "genotype_argmax.json", "config.json"):
     assert (full / f).is_file(), f
   records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -82,6 +93,9 @@ def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (killed / "alphas.npz").exists()
+  # An unfinished search cannot be derived from.
+  out = subprocess.run(derive_cmd(killed), capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0 and "not finished" in out.stderr and "--resume" in out.stderr
   # Without --resume the workdir is protected.
   out = subprocess.run(command(data_dir, killed), capture_output=True, text=True, timeout=600)
   assert out.returncode != 0 and "pass --resume" in out.stderr
@@ -108,3 +122,40 @@ def test_search_errors_name_the_problem(data_dir, tmp_path):
     command(tmp_path / "nothing", tmp_path / "w"), capture_output=True, text=True, timeout=600
   )
   assert out.returncode != 0 and "not a built dlsjax dataset" in out.stderr
+
+
+def test_derive_mpds_argmax_and_pt_from_a_finished_search(full_run, tmp_path):
+  import shutil
+
+  from dlsjax import genotype
+
+  run(derive_cmd(full_run))  # MPDS, accuracy (the config's defaults)
+  geno = genotype.Genotype.load(full_run / "genotype.json")
+  logd = json.loads((full_run / "derivation_log.json").read_text())
+  assert (logd["method"], logd["metric"]) == ("mpds", "accuracy")
+  assert (full_run / "genotype.png").stat().st_size > 10_000
+  edges = [d for d in logd["decisions"] if d["kind"] == "edge"]
+  assert [(d["part"], d["edge"]) for d in edges] == [
+    (p, e) for p in ("normal", "reduce") for e in range(9)
+  ]
+  assert all(d["choice"] != "none" and 0 <= d["candidates"][0]["metric"] <= 1 for d in edges)
+  assert logd["compilations"] <= 2 and logd["validation_images"] > 0
+  assert set(geno.parts) == {"normal", "reduce"}
+
+  run(derive_cmd(full_run, "--method", "argmax"))
+  assert (full_run / "genotype.json").read_text() == (full_run / "genotype_argmax.json").read_text()
+
+  pt_dir = tmp_path / "pt"
+  shutil.copytree(full_run, pt_dir)
+  run(derive_cmd(pt_dir, "--method", "pt", "--metric", "loss", "--set", "derive.pt_tune_epochs=1",
+               "--set", "derive.pt_tune_max_steps=2"))  # fmt: skip
+  logd = json.loads((pt_dir / "derivation_log.json").read_text())
+  assert logd["method"] == "pt" and logd["pt_tuning_steps"] == 2 * len(logd["decisions"])
+  order = [(d["part"], d["kind"], d.get("edge", d.get("node"))) for d in logd["decisions"]]
+  assert order != sorted(order)  # random order
+  genotype.Genotype.load(pt_dir / "genotype.json").validate()
+
+  out = subprocess.run(
+    derive_cmd(tmp_path / "nothing"), capture_output=True, text=True, timeout=600
+  )
+  assert out.returncode != 0 and "not a search run" in out.stderr

@@ -37,7 +37,7 @@ def paper_model() -> ml_collections.ConfigDict:
   # of random alphas: 4.9-18 M; with 2: 17-65 M; see benchmarks/RESULTS.md).
   m.cell_channels_divisor = 4
   m.resolution = 64
-  m.depthwise_impl = "auto"  # auto | xla | dense
+  m.depthwise_impl = "auto"  # auto (CPU: toeplitz, else xla) | xla | dense | toeplitz
   # Only used by layout == "darts".
   m.layers_search = 8
   m.layers_train = 20
@@ -78,3 +78,21 @@ def data_config() -> ml_collections.ConfigDict:
   d.workers = 0  # grain worker processes (0: read-ahead threads in this process)
   d.threads = 4
   return d
+
+
+def derive_config(batch_size: int) -> ml_collections.ConfigDict:
+  """``config.derive``: how ``dlsjax derive`` turns a search into a genotype (derive.py)."""
+  return ml_collections.ConfigDict(
+    dict(
+      method="mpds",  # mpds (paper Algorithm 1) | argmax (DARTS) | pt (Wang et al. 2021)
+      metric="accuracy",  # accuracy | loss | auc (micro) on the alpha half
+      batch_size=batch_size,  # validation batch; BN uses its statistics
+      chunk=8,  # candidates per vmapped evaluation (memory vs. calls)
+      vmap=True,  # False: one call per candidate (reference loop)
+      batch_all_parts=False,  # True: one compilation, stems recomputed per candidate
+      pt_tune_epochs=5,  # PT only: weight fine-tuning epochs between decisions
+      pt_tune_max_steps=0,  # PT only: cap on the steps of one tuning period (0: none)
+      pt_lr_factor=0.1,  # PT only: fine-tuning lr = search.w_lr * factor, cosine
+      pt_seed=0,  # PT only: random decision order
+    )
+  )

@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alpha_b2=0.999,
       focal_gamma=0.0,  # DARTS uses cross-entropy
       focal_alpha=1.0,
+      fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)
       drop_path=0.0,
       crop_padding=4,
       hflip=True,
@@ -41,4 +42,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
     )
   )
+  c.derive = common.derive_config(batch_size=c.search.batch_size)
   return c

@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alpha_b2=0.999,
       focal_gamma=2.0,
       focal_alpha=1.0,
+      fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)
       drop_path=0.2,  # fixed during search
       crop_padding=8,
       hflip=True,
@@ -43,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
     )
   )
+  c.derive = common.derive_config(batch_size=c.search.batch_size)
   if arg == "runlocal":
     c.model.c_sin_search = 8
     c.model.resolution = 16

@@ -1,0 +1,162 @@
+"""Architecture derivation: MPDS decisions, vmapped scoring == per-candidate loop, compile count."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from conftest import cells_only_spec, tiny_spec
+
+from dlsjax import derive, genotype, supernet
+
+SPEC = tiny_spec(op_set=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "nor_conv_3x3"))
+# The networks that are run: cells only (2 parts), the fastest to compile.
+NET = cells_only_spec()
+
+
+class ScriptedEvaluator:
+  """Scores a candidate by a fixed random linear function of its masks (no network)."""
+
+  def __init__(self, spec, metric="accuracy", seed=0):
+    self.spec = spec
+    self.opts = derive.DeriveOptions(metric=metric)
+    rng = np.random.default_rng(seed)
+    self.w = jax.tree.map(lambda m: rng.normal(size=m.shape), derive.host_masks(spec))
+    self.calls = []
+
+  def scores(self, part, candidates):
+    self.calls.append((part, len(candidates)))
+    vals = [
+      sum(float(np.sum(self.w[p][k] * c[p][k])) for p in c for k in ("op", "edge"))
+      for c in candidates
+    ]
+    return np.round(np.array(vals), 1)  # coarse: ties happen and must go to the first
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_mpds_decisions_follow_algorithm_1(metric):
+  ev = ScriptedEvaluator(SPEC, metric)
+  order = derive.decisions(SPEC)
+  topos = SPEC.topologies()
+  assert list(topos) == ["fusing", "fl", "normal", "reduce"]
+  # Per part: every edge in edge order, then every inner node in order.
+  expect = []
+  for p, t in topos.items():
+    expect += [(p, "edge", e) for e in range(t.num_edges)] + [
+      (p, "node", j) for j in range(t.n_inner)
+    ]
+  assert order == expect
+  masks, entries = derive.run_decisions(ev, order)
+  sign = 1 if metric == "loss" else -1
+  for entry in entries:
+    c = entry["candidates"]
+    if entry["kind"] == "edge":
+      assert "none" not in [x["op"] for x in c] and len(c) == len(SPEC.op_set) - 1
+      bad = [sign * x["metric"] for x in c]
+      assert entry["choice"] == c[bad.index(max(bad))]["op"]  # worst removal, first on ties
+    elif c:
+      bad = np.array([sign * x["metric"] for x in c])
+      want = sorted(np.argsort(-bad, kind="stable")[: topos[entry["part"]].k])
+      assert entry["kept"] == [c[i]["source"] for i in want]
+  geno = genotype.Genotype.from_choice(derive.choice_from_masks(masks, topos), topos, SPEC.op_set)
+  for p, t in topos.items():
+    for j, node in enumerate(geno.parts[p].nodes):
+      assert len(node) == t.keeps(j)  # k precedents; a stem's last node keeps all
+      assert all(op != "none" for op, _ in node)
+  # The concatenating last node of a learnable stem is never scored.
+  stem_last = [e for e in entries if e["part"] == "fusing" and e["kind"] == "node"][-1]
+  assert stem_last["candidates"] == [] and len(stem_last["kept"]) == topos["fusing"].keeps(
+    topos["fusing"].n_inner - 1
+  )
+
+
+def test_pt_order_is_seeded_random_edges_then_nodes():
+  a, b = derive.pt_decisions(SPEC, 0), derive.pt_decisions(SPEC, 1)
+  assert sorted(a) == sorted(derive.decisions(SPEC)) and a != derive.decisions(SPEC)
+  assert a == derive.pt_decisions(SPEC, 0) and a != b
+  kinds = [k for _, k, _ in a]
+  assert kinds == sorted(kinds)  # "edge" < "node": all edges first
+
+
+@pytest.fixture(scope="module")
+def trained_like():
+  """Random weights and strongly non-uniform alphas, and 2 validation batches of 8."""
+  variables = supernet.init(NET, jax.random.PRNGKey(0))
+  alphas = jax.tree.map(lambda a: a * 1500.0, supernet.init_alphas(NET, jax.random.PRNGKey(1)))
+  rng = np.random.default_rng(0)
+  r = NET.resolution
+  batches = [
+    {
+      "images": {m.name: rng.random((8, r, r, m.channels), np.float32) for m in NET.modalities},
+      "label": rng.integers(0, NET.num_classes, 8).astype(np.int32),
+    }
+    for _ in range(2)
+  ]
+  return variables, alphas, batches
+
+
+def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
+  """Same genotype, same per-candidate metrics; compiled once per part, never per candidate."""
+  variables, alphas, batches = trained_like
+  runs = {}
+  for name, opts, devices in [
+    ("loop", derive.DeriveOptions(metric="loss", vmap=False), jax.devices()[:1]),
+    ("vmap", derive.DeriveOptions(metric="loss", chunk=4), jax.devices()),
+  ]:
+    ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts, devices=devices)
+    masks, entries = derive.run_decisions(ev, derive.decisions(NET))
+    runs[name] = (derive.choice_from_masks(masks, NET.topologies()), entries, ev)
+  (c_loop, e_loop, ev_loop), (c_vmap, e_vmap, ev_vmap) = runs["loop"], runs["vmap"]
+  for p in c_loop:
+    np.testing.assert_array_equal(c_loop[p], c_vmap[p])
+  for a, b in zip(e_loop, e_vmap, strict=True):
+    assert (a.get("choice"), a.get("kept")) == (b.get("choice"), b.get("kept"))
+    np.testing.assert_allclose(
+      [x["metric"] for x in a["candidates"]], [x["metric"] for x in b["candidates"]], rtol=2e-5
+    )
+  # The metric separates the candidates (the comparison is not between constant scores).
+  assert len({round(x["metric"], 4) for x in e_vmap[0]["candidates"]}) > 1
+  # Compilations: one for the loop, one per part for the vmapped scoring (4 devices).
+  assert ev_loop.compilations == 1
+  assert ev_vmap.compilations == len(NET.topologies())
+  want = 0
+  for t in NET.topologies().values():
+    want += t.num_edges * (len(NET.op_set) - 1)  # every non-zero op of every edge
+    want += sum(len(t.node_edges(j)) for j in range(t.n_inner) if t.keeps(j) < j + t.n_inputs)
+  assert ev_vmap.evaluations == ev_loop.evaluations == want  # 68 candidates, 2 compilations
+
+
+def test_accuracy_metric_is_identical_in_one_compilation(trained_like):
+  """batch_all_parts: a single compilation for the whole derivation; accuracy counts exact."""
+  variables, alphas, batches = trained_like
+  candidates = [derive.without_op(derive.host_masks(NET), "normal", 0, k) for k in (1, 2, 3)]
+  got = {}
+  for name, opts in [
+    ("loop", derive.DeriveOptions(vmap=False)),
+    ("all", derive.DeriveOptions(batch_all_parts=True, chunk=3)),
+  ]:
+    ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts)
+    got[name] = ev.scores("normal", candidates)
+    ev.scores("reduce", candidates[:2])
+    assert ev.compilations == 1, name
+  np.testing.assert_array_equal(got["loop"], got["all"])
+  assert np.all((got["all"] * 16) == np.round(got["all"] * 16))  # counts of 16 examples
+
+
+def test_masks_change_the_score_only_where_applied(trained_like):
+  variables, alphas, batches = trained_like
+  ev = derive.Evaluator(NET, variables, alphas, batches, opts=derive.DeriveOptions(metric="loss"))
+  base = derive.host_masks(NET)
+  # Removing an op whose mixing weight is already masked to 0 changes nothing.
+  m0 = derive.without_op(base, "reduce", 1, 2)
+  same = derive.without_op(m0, "reduce", 1, 2)
+  s = ev.scores("reduce", [m0, same, derive.without_edge(base, "reduce", 1)])
+  assert s[0] == s[1] and s[2] != s[0]
+
+
+def test_options_are_checked():
+  with pytest.raises(ValueError, match="derive.method"):
+    derive.DeriveOptions(method="random")
+  with pytest.raises(ValueError, match="derive.metric"):
+    derive.DeriveOptions(metric="f1")
+  assert dataclasses.asdict(derive.DeriveOptions())["method"] == "mpds"
