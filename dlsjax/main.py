@@ -12,10 +12,12 @@ SEARCH_SPACES = {"paper": "paper", "darts_cifar": "darts_cifar"}
 
 
 def parse_override(text: str):
-  """``key.sub=value`` -> (key path, python value); values are Python literals or strings."""
+  """``key.sub=value`` -> (key path, python value): Python literals, true/false, or strings."""
   if "=" not in text:
     raise SystemExit(f"--set expects key=value, got {text!r}")
   key, raw = text.split("=", 1)
+  if raw.strip().lower() in ("true", "false"):  # shell-friendly booleans
+    return key.strip(), raw.strip().lower() == "true"
   try:
     value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):

@@ -13,9 +13,11 @@ import pytest
 
 from dlsjax import runtime
 
-runtime.setup(
-  os.environ.get("DLSJAX_CACHE_DIR") or str(Path(__file__).resolve().parents[1] / ".cache" / "jax")
+# Subprocesses started by tests (CLI runs) share the cache through the environment.
+os.environ["DLSJAX_CACHE_DIR"] = os.environ.get("DLSJAX_CACHE_DIR") or str(
+  Path(__file__).resolve().parents[1] / ".cache" / "jax"
 )
+runtime.setup(os.environ["DLSJAX_CACHE_DIR"])
 
 from dlsjax.netspec import Modality, NetworkSpec, dls_cells
 

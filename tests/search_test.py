@@ -147,8 +147,12 @@ def test_derive_mpds_argmax_and_pt_from_a_finished_search(full_run, tmp_path):
 
   pt_dir = tmp_path / "pt"
   shutil.copytree(full_run, pt_dir)
-  run(derive_cmd(pt_dir, "--method", "pt", "--metric", "loss", "--set", "derive.pt_tune_epochs=1",
-               "--set", "derive.pt_tune_max_steps=2"))  # fmt: skip
+  sets = ["derive.pt_tune_epochs=1", "derive.pt_tune_max_steps=2", "derive.batch_all_parts=true"]
+  run(
+    derive_cmd(
+      pt_dir, "--method", "pt", "--metric", "loss", *[a for s in sets for a in ("--set", s)]
+    )
+  )
   logd = json.loads((pt_dir / "derivation_log.json").read_text())
   assert logd["method"] == "pt" and logd["pt_tuning_steps"] == 2 * len(logd["decisions"])
   order = [(d["part"], d["kind"], d.get("edge", d.get("node"))) for d in logd["decisions"]]
