@@ -35,6 +35,7 @@ def main(argv=None) -> int:
   ap.add_argument("--resolution", type=int, default=32, help="paper: 64")
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
   ap.add_argument("--chunk", type=int, default=9, help="candidates per vmapped call")
+  ap.add_argument("--batch-all-parts", action="store_true", help="one compilation in total")
   ap.add_argument("--only", choices=["vmapped", "loop"], help="run one side (no comparison)")
   args = ap.parse_args(argv)
   runtime.setup()
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     "resolution": args.resolution,
     "batch": args.batch,
     "chunk": args.chunk,
+    "batch_all_parts": args.batch_all_parts,
     "parts": list(spec.topologies()),
     "ops": len(spec.op_set),
     "devices": jax.local_device_count(),
@@ -69,7 +71,9 @@ def main(argv=None) -> int:
   results = {}
   sides = [args.only] if args.only else ["vmapped", "loop"]
   for side in sides:
-    opts = derive.DeriveOptions(chunk=args.chunk, vmap=side == "vmapped")
+    opts = derive.DeriveOptions(
+      chunk=args.chunk, vmap=side == "vmapped", batch_all_parts=args.batch_all_parts
+    )
     t = time.perf_counter()
     ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
     masks, entries = derive.run_decisions(ev, derive.decisions(spec), progress=True)
