@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   ap.add_argument("--resolution", type=int, default=32, help="paper: 64")
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
   ap.add_argument("--chunk", type=int, default=9, help="candidates per vmapped call")
-  ap.add_argument("--batch-all-parts", action="store_true", help="one compilation in total")
+  ap.add_argument("--batch-parts", default="group", choices=derive.BATCH_PARTS)
   ap.add_argument("--only", choices=["vmapped", "loop"], help="run one side (no comparison)")
   args = ap.parse_args(argv)
   runtime.setup()
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     "resolution": args.resolution,
     "batch": args.batch,
     "chunk": args.chunk,
-    "batch_all_parts": args.batch_all_parts,
+    "batch_parts": args.batch_parts,
     "parts": list(spec.topologies()),
     "ops": len(spec.op_set),
     "devices": jax.local_device_count(),
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   sides = [args.only] if args.only else ["vmapped", "loop"]
   for side in sides:
     opts = derive.DeriveOptions(
-      chunk=args.chunk, vmap=side == "vmapped", batch_all_parts=args.batch_all_parts
+      chunk=args.chunk, vmap=side == "vmapped", batch_parts=args.batch_parts
     )
     t = time.perf_counter()
     ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)

@@ -29,10 +29,13 @@ dropped: with batch statistics a zero-padded batch would change every
 example's normalisation). All candidates of one decision run in one
 ``jax.vmap`` over their mask pytrees, ``derive.chunk`` at a time, over all
 local devices; masks are traced arguments, so nothing recompiles per edge,
-candidate or decision. By default only the masks of the part being decided
-are batched (``derive.batch_all_parts=False``): the parts before it in the
-network (e.g. both stems while a cell is decided) run once per batch instead
-of once per candidate, at the cost of one compilation per part.
+candidate or decision. ``derive.batch_parts`` says whose masks get the
+candidate axis: ``group`` (default) those of the decided part's group (the
+stems, or the cells), so while a cell is decided both stems run once per
+batch instead of once per candidate, for two compilations in all; ``part``
+only the decided part (one compilation per part); ``all`` every part (one
+compilation, the stems recomputed per candidate). Measured trade-offs in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("mpds", "argmax", "pt")
 METRICS = ("accuracy", "loss", "auc")
+BATCH_PARTS = ("group", "part", "all")
+PART_GROUPS = {"fusing": "stems", "fl": "stems", "normal": "cells", "reduce": "cells"}
 
 
 class DeriveError(RuntimeError):
@@ -72,7 +77,7 @@ class DeriveOptions:
   batch_size: int = 16  # validation batch (the search batch in the paper preset)
   chunk: int = 8  # candidates per vmapped evaluation
   vmap: bool = True  # False: one compiled call per candidate (the reference loop)
-  batch_all_parts: bool = False
+  batch_parts: str = "group"  # group | part | all: whose masks carry the candidate axis
   pt_tune_epochs: int = 5
   pt_tune_max_steps: int = 0  # cap on the weight steps of one tuning period (0: none)
   pt_lr_factor: float = 0.1
@@ -83,6 +88,8 @@ class DeriveOptions:
       raise ValueError(f"derive.method must be one of {METHODS}, got {self.method!r}")
     if self.metric not in METRICS:
       raise ValueError(f"derive.metric must be one of {METRICS}, got {self.metric!r}")
+    if self.batch_parts not in BATCH_PARTS:
+      raise ValueError(f"derive.batch_parts must be one of {BATCH_PARTS}, got {self.batch_parts!r}")
     if self.chunk < 1 or self.batch_size < 1:
       raise ValueError(f"derive.chunk and derive.batch_size must be >= 1, got {self}")
 
@@ -145,8 +152,8 @@ class Evaluator:
 
   ``scores(part, candidates)`` returns the metric per candidate (numpy).
   ``compilations`` counts traces of the scoring function (each trace is one
-  compilation): at most one per part (one in total with
-  ``batch_all_parts``), never one per edge, candidate or decision.
+  compilation): one per group of parts (``batch_parts``), never one per
+  edge, candidate or decision.
   """
 
   def __init__(
@@ -205,7 +212,7 @@ class Evaluator:
     return sums, jax.nn.softmax(logits.astype(jnp.float32), -1)
 
   def _runner(self, part: str | None) -> sharding.Runner:
-    key = "loop" if part is None else ("all" if self.opts.batch_all_parts else part)
+    key = "loop" if part is None else self._group(part)
     if key not in self._runners:
 
       def fn(variables, alphas, masks, batch):
@@ -213,7 +220,7 @@ class Evaluator:
         if part is None:
           sums, probs = self._score_one(variables, alphas, masks, batch)
           return sums[None], probs[:, None]
-        axes = {p: 0 if (key == "all" or p == part) else None for p in masks}
+        axes = {p: 0 if self._batched(p, part) else None for p in masks}
         sums, probs = jax.vmap(self._score_one, in_axes=(None, None, axes, None))(
           variables, alphas, masks, batch
         )
@@ -229,11 +236,19 @@ class Evaluator:
       )
     return self._runners[key]
 
+  def _group(self, part: str) -> str:
+    mode = self.opts.batch_parts
+    return "all" if mode == "all" else part if mode == "part" else PART_GROUPS.get(part, part)
+
+  def _batched(self, p: str, part: str) -> bool:
+    """Whether part ``p``'s masks carry the candidate axis while ``part`` is decided."""
+    return self._group(p) == self._group(part) or self.opts.batch_parts == "all"
+
   def _stack(self, part: str, candidates: Sequence[dict]) -> dict:
     """Candidates' masks with a leading axis on the batched parts only."""
     out = {}
     for p in candidates[0]:
-      if self.opts.batch_all_parts or p == part:
+      if self._batched(p, part):
         out[p] = jax.tree.map(lambda *xs: np.stack(xs), *[c[p] for c in candidates])
       else:
         out[p] = candidates[0][p]

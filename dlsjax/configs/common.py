@@ -89,7 +89,7 @@ def derive_config(batch_size: int) -> ml_collections.ConfigDict:
       batch_size=batch_size,  # validation batch; BN uses its statistics
       chunk=8,  # candidates per vmapped evaluation (memory vs. calls)
       vmap=True,  # False: one call per candidate (reference loop)
-      batch_all_parts=False,  # True: one compilation, stems recomputed per candidate
+      batch_parts="group",  # group (stems / cells: 2 compilations) | part | all (derive.py)
       pt_tune_epochs=5,  # PT only: weight fine-tuning epochs between decisions
       pt_tune_max_steps=0,  # PT only: cap on the steps of one tuning period (0: none)
       pt_lr_factor=0.1,  # PT only: fine-tuning lr = search.w_lr * factor, cosine
