@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check dlsjax tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 # The end-to-end demo (search -> derive -> train -> evaluate) lands with the
 # pipeline issue; until then `make demo` makes and builds the synthetic default

@@ -67,6 +67,8 @@ def derive_cmd(workdir, *extra):
   return [sys.executable, "-m", "dlsjax.main", "derive", "--workdir", str(workdir), *extra]
 
 
+# Both users of the module's finished search run on one xdist worker (one search, not two).
+@pytest.mark.xdist_group("search_run")
 def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, full_run, tmp_path):
   full = full_run
   for f in ("alphas.npz", "alphas.png", "genotype_argmax.json", "config.json"):
@@ -124,6 +126,7 @@ def test_search_errors_name_the_problem(data_dir, tmp_path):
   assert out.returncode != 0 and "not a built dlsjax dataset" in out.stderr
 
 
+@pytest.mark.xdist_group("search_run")
 def test_derive_mpds_argmax_and_pt_from_a_finished_search(full_run, tmp_path):
   import shutil
 
