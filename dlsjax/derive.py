@@ -544,7 +544,6 @@ class PTTuner:
     self.w_idx = w_idx
     self.batch = int(config.search.batch_size)
     self.steps_per_epoch = max(len(w_idx) // self.batch, 1)
-    tune_steps = max(opts.pt_tune_epochs * self.steps_per_epoch, 1)
     th = dataclasses.replace(
       h,
       w_lr=h.w_lr * opts.pt_lr_factor,
@@ -566,7 +565,6 @@ class PTTuner:
     self.aug = pipeline.Augment.from_config(config.search)
     self.round = 0
     self.steps_done = 0
-    self.tune_steps = tune_steps
 
   def __call__(self, masks: dict) -> None:
     from dlsjax.data import pipeline
