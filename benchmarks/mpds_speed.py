@@ -79,6 +79,10 @@ def main(argv=None) -> int:
     masks, entries = derive.run_decisions(ev, derive.decisions(spec), progress=True)
     out[f"{side}_s"] = round(time.perf_counter() - t, 1)
     out[f"{side}_compilations"] = ev.compilations
+    per_part = {}
+    for e in entries:  # wall time per part (its first decision includes the compile)
+      per_part[e["part"]] = round(per_part.get(e["part"], 0.0) + e["seconds"], 1)
+    out[f"{side}_part_s"] = per_part
     out["candidate_evaluations"] = ev.evaluations
     results[side] = (derive.choice_from_masks(masks, spec.topologies()), entries)
   if len(results) == 2:

@@ -30,6 +30,13 @@ MEASUREMENTS = {
 }
 
 
+def peak_device_mb(devices) -> float | None:
+  """Peak accelerator memory in use (MiB, largest over devices); None where not reported (CPU)."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in devices]
+  peaks = [p for p in peaks if p is not None]
+  return round(max(peaks) / 2**20) if peaks else None
+
+
 def measure(name: str, steps: int, batch: int | None) -> dict:
   import jax
   import numpy as np
@@ -79,10 +86,12 @@ def measure(name: str, steps: int, batch: int | None) -> dict:
     "compile_s": round(first_s - step_s, 1),
     "init_s": round(init_s, 1),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+    "peak_device_mb": peak_device_mb(runner.devices),
     "batch": b,
     "steps": steps,
     "devices": runner.n,
     "backend": jax.default_backend(),
+    "device_kind": runner.devices[0].device_kind,
   }
 
 

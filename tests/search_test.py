@@ -33,7 +33,9 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist interleaves modules on a worker, and a module-scoped
+# fixture would be torn down and rebuilt (the search run twice) between them.
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("search_data")
   npz.from_npz(BREAST, root / "folder", modality="US")
@@ -55,7 +57,7 @@ def run(cmd, **kw):
   return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def full_run(data_dir, tmp_path_factory):
   """A finished 2-epoch search (shared by the resume and derive tests)."""
   full = tmp_path_factory.mktemp("full")
