@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlsjax import losses, supernet
+from dlsjax import layers, losses, supernet
 from dlsjax.netspec import NetworkSpec
 
 
@@ -113,7 +113,7 @@ def init_state(spec: NetworkSpec, h: SearchHParams, rng) -> dict:
     model = supernet.make_supernet(spec)
     alphas = supernet.init_alphas(spec, r_a)
     images, masks = supernet.dummy_images(spec, 2), supernet.init_masks(spec)
-    variables = model.init({"params": r_w}, images, alphas, masks, train=True)
+    variables = model.init({"params": layers.init_key(r_w)}, images, alphas, masks, train=True)
     return {
       "params": variables["params"],
       "batch_stats": variables["batch_stats"],

@@ -174,7 +174,8 @@ class MixedDAG(nn.Module):
         key = search_param_name(r, name)
 
         def init_fn(rng, mod=mod, example=example, n_t=n_t):
-          rngs = jax.random.split(rng, n_t * n_inner).reshape(n_t, n_inner, -1)
+          rngs = jax.random.split(rng, n_t * n_inner)
+          rngs = rngs.reshape(n_t, n_inner, *rngs.shape[1:])
           return jax.vmap(jax.vmap(lambda q: mod.init(q, example)))(rngs)
 
         if self.is_initializing():

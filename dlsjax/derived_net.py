@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from dlsjax import layers
 from dlsjax.cells import edge_params_from_search
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network
@@ -42,7 +43,7 @@ def make_derived_net(
 
 def init(model: Network, rng, batch: int = 2) -> dict:
   images = dummy_images(model.spec, batch)
-  v = jax.jit(lambda r: model.init({"params": r}, images, train=True))(rng)
+  v = jax.jit(lambda r: model.init({"params": layers.init_key(r)}, images, train=True))(rng)
   return {"params": v["params"], "batch_stats": v["batch_stats"]}
 
 

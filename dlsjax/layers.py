@@ -249,6 +249,24 @@ def avg_pool_3x3(x, stride: int):
   return total / count
 
 
+def init_key(rng):
+  """The key that initialises parameters, from an ordinary (threefry) key.
+
+  ``unsafe_rbg``: parameter values come from XLA's RngBitGenerator instead
+  of threefry, whose 20 rounds XLA unrolls into the graph once per parameter
+  tensor; measured on a 2-core CPU, that halves the compile time of a
+  network's jitted ``init`` (cells-only test supernet 11.3 -> 5.6 s, with
+  both stems 24.9 -> 11.7 s). Deterministic for a given seed and backend;
+  the values differ from threefry's (and may differ across backends), like
+  any change of PRNG. Typed keys pass through unchanged.
+  """
+  if jnp.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
+    return rng
+  data = jnp.asarray(rng, jnp.uint32).reshape(-1)
+  data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])[:4]
+  return jax.random.wrap_key_data(data, impl="unsafe_rbg")
+
+
 def conv_init(fan_in: int):
   """PyTorch's default conv initialisation (kaiming uniform, a=sqrt(5))."""
   bound = 1.0 / (fan_in**0.5)

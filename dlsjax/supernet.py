@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlsjax import layers
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network, mixing_weights
 
@@ -85,7 +86,9 @@ def init(spec: NetworkSpec, rng, batch: int = 2) -> dict:
   model = make_supernet(spec)
   alphas = init_alphas(spec, jax.random.PRNGKey(0))
   images, masks = dummy_images(spec, batch), init_masks(spec)
-  variables = jax.jit(lambda r: model.init({"params": r}, images, alphas, masks, train=True))(rng)
+  variables = jax.jit(
+    lambda r: model.init({"params": layers.init_key(r)}, images, alphas, masks, train=True)
+  )(rng)
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 

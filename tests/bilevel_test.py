@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import cells_only_spec
+from conftest import one_cell_spec
 
 from dlsjax import bilevel, losses, sharding
 
@@ -71,9 +71,9 @@ def with_momentum(opt_state, trace):
 
 def test_second_order_matches_finite_differences():
   """The exact unrolled alpha gradient equals a central finite difference of eq. (5)."""
-  # Cells only and few ops keep the second-order graph (three gradients and a
-  # jvp) quick to trace and compile; the formula does not depend on the stems.
-  spec = cells_only_spec()
+  # One cell and few ops keep the second-order graph (three gradients and a
+  # jvp) quick to trace and compile; the formula does not depend on the layout.
+  spec = one_cell_spec()
   h = bilevel.SearchHParams(order="second", steps_per_epoch=5, w_lr=0.05, drop_path=0.2)
   with jax.enable_x64(True):
     state = to64(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
@@ -130,8 +130,8 @@ def test_one_device_pmap_and_shard_map_agree():
   (``fuse_phases=False``); the 4-device runs use the fused 2-step scan, so
   the comparison covers both step formulations too.
   """
-  # Cells only (one modality, no learnable stems): the device mapping is what is tested.
-  spec = cells_only_spec()
+  # One cell, one modality, no learnable stems: the device mapping is what is tested.
+  spec = one_cell_spec()
   # DropPath off: its masks are drawn per device, so they differ by design.
   h = bilevel.SearchHParams(steps_per_epoch=3, w_lr=0.05, alpha_lr=0.01, drop_path=0.0)
   batches = [(batch(spec, 8, 2 * i), batch(spec, 8, 2 * i + 1)) for i in range(3)]

@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,12 @@ def cells_only_spec() -> NetworkSpec:
 @pytest.fixture
 def spec():
   return tiny_spec()
+
+
+def one_cell_spec() -> NetworkSpec:
+  """:func:`cells_only_spec` with a single normal cell: half its step's compile time.
+
+  For tests of the update rule and the device mapping, which do not depend on
+  the cell layout (the layout has its own tests).
+  """
+  return dataclasses.replace(cells_only_spec(), cells=("normal",))

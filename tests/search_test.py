@@ -57,22 +57,23 @@ def run(cmd, **kw):
   return out
 
 
-@pytest.fixture(scope="session")
-def full_run(data_dir, tmp_path_factory):
-  """A finished 2-epoch search (shared by the resume and derive tests)."""
-  full = tmp_path_factory.mktemp("full")
-  run(command(data_dir, full))
-  return full
-
-
 def derive_cmd(workdir, *extra):
   return [sys.executable, "-m", "dlsjax.main", "derive", "--workdir", str(workdir), *extra]
 
 
-# Both users of the module's finished search run on one xdist worker (one search, not two).
-@pytest.mark.xdist_group("search_run")
-def test_search_kill_and_resume_matches_uninterrupted_run(data_dir, full_run, tmp_path):
-  full = full_run
+def test_finished_search_resume_and_derive(data_dir, tmp_path_factory, tmp_path):
+  """One finished 2-epoch search serves both checks below (a search run is the costly part).
+
+  A fixture shared by two tests ran the search twice under xdist (once per
+  worker that happened to get a user), so the checks share one test instead.
+  """
+  full = tmp_path_factory.mktemp("full")
+  run(command(data_dir, full))
+  check_kill_and_resume_matches_uninterrupted_run(data_dir, full, tmp_path)
+  check_derive_mpds_argmax_and_pt(full, tmp_path)
+
+
+def check_kill_and_resume_matches_uninterrupted_run(data_dir, full, tmp_path):
   for f in ("alphas.npz", "alphas.png", "genotype_argmax.json", "config.json"):
     assert (full / f).is_file(), f
   records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -128,8 +129,7 @@ def test_search_errors_name_the_problem(data_dir, tmp_path):
   assert out.returncode != 0 and "not a built dlsjax dataset" in out.stderr
 
 
-@pytest.mark.xdist_group("search_run")
-def test_derive_mpds_argmax_and_pt_from_a_finished_search(full_run, tmp_path):
+def check_derive_mpds_argmax_and_pt(full_run, tmp_path):
   import shutil
 
   from dlsjax import genotype
