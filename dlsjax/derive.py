@@ -178,18 +178,17 @@ class Evaluator:
     self._runners: dict[str, sharding.Runner] = {}
     self._mode, self._devices = mode, devices
     self._focal = (focal_gamma, focal_alpha)
-    probe = sharding.Runner(lambda *a: a, mode=mode, devices=devices)
-    self.n_devices = probe.n
-    self._probe = probe
-    self.batches = [probe.shard_batch(b) for b in batches]
+    self._layout = sharding.Layout(mode, devices)
+    self.n_devices = self._layout.n
+    self.batches = [self._layout.shard_batch(b) for b in batches]
     self.labels = np.concatenate([np.asarray(b["label"]) for b in batches])
     self.num_classes = spec.num_classes
     self.set_weights(variables, alphas)
 
   def set_weights(self, variables: dict, alphas: dict) -> None:
     v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    self._variables = self._probe.replicate(v)
-    self._alphas = self._probe.replicate(alphas)
+    self._variables = self._layout.replicate(v)
+    self._alphas = self._layout.replicate(alphas)
 
   # -- the per-device function ------------------------------------------------
   def _score_one(self, variables, alphas, masks, batch):

@@ -216,6 +216,16 @@ class Genotype:
     return "\n".join(lines)
 
 
+def softmax_weights(alphas: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per part, the mixing weights softmax(alpha) over the op axis (float64, host)."""
+  out = {}
+  for p, a in alphas.items():
+    a = np.asarray(a, np.float64)
+    e = np.exp(a - a.max(-1, keepdims=True))
+    out[p] = e / e.sum(-1, keepdims=True)
+  return out
+
+
 def derive_argmax(
   alphas: Mapping[str, np.ndarray], topologies: Mapping[str, Topology], op_set: Sequence[str]
 ) -> dict[str, np.ndarray]:
@@ -226,11 +236,10 @@ def derive_argmax(
   node of a learnable stem keeps all its precedents.
   """
   usable = np.array([not ops.get_op(n).is_zero for n in op_set])
+  weights = softmax_weights({p: alphas[p] for p in topologies})
   out = {}
   for p, topo in topologies.items():
-    a = np.asarray(alphas[p], np.float64)
-    w = np.exp(a - a.max(-1, keepdims=True))
-    w = w / w.sum(-1, keepdims=True)
+    w = weights[p]
     w_usable = np.where(usable[None, :], w, -np.inf)
     best_op = np.argmax(w_usable, axis=-1)
     strength = np.max(w_usable, axis=-1)

@@ -60,15 +60,6 @@ def check_data_matches_model(ds: dataset.Dataset, spec: netspec.NetworkSpec) -> 
   ds.check_resolution(spec.resolution)
 
 
-def softmax_alphas(alphas) -> dict[str, np.ndarray]:
-  out = {}
-  for p, a in alphas.items():
-    a = np.asarray(a, np.float64)
-    e = np.exp(a - a.max(-1, keepdims=True))
-    out[p] = e / e.sum(-1, keepdims=True)
-  return out
-
-
 def _tensorboard(workdir: pathlib.Path):
   try:
     from tensorboardX import SummaryWriter
@@ -209,7 +200,7 @@ def search(
         "seconds": time.perf_counter() - t0,
         "alphas": {
           p: w.round(5).tolist()
-          for p, w in softmax_alphas(runner.unreplicate(dstate["alphas"])).items()
+          for p, w in genotype.softmax_weights(runner.unreplicate(dstate["alphas"])).items()
         },
       }
       if proc == 0:
@@ -240,7 +231,11 @@ def write_outputs(workdir: pathlib.Path, spec: netspec.NetworkSpec, alphas) -> N
   np.savez(workdir / "alphas.npz", **alphas)
   topos = spec.topologies()
   plots.alpha_heatmaps(
-    softmax_alphas(alphas), spec.op_set, topos, workdir / "alphas.png", title="softmax(alpha)"
+    genotype.softmax_weights(alphas),
+    spec.op_set,
+    topos,
+    workdir / "alphas.png",
+    title="softmax(alpha)",
   )
   choice = genotype.derive_argmax(alphas, topos, spec.op_set)
   genotype.Genotype.from_choice(choice, topos, spec.op_set).save(workdir / "genotype_argmax.json")

@@ -41,55 +41,22 @@ def maybe_initialize_distributed(enabled: bool | str = "auto") -> None:
 REPLICATED, BATCH, HOST = "replicated", "batch", "host"
 
 
-class Runner:
-  """A compiled, device-mapped per-device function (by default the search step).
+class Layout:
+  """Where arrays live for ``mode`` over ``devices``: replicated state, split batches.
 
-  Each argument and result has a kind: ``replicated`` (already laid out with
-  :meth:`replicate`, e.g. the state), ``batch`` (split along its leading axis:
-  :meth:`shard_batch` for arguments; results come back as one global batch)
-  or ``host`` (a small host value copied to every device at each call, e.g. an
-  rng; a result of this kind is identical on every device, e.g. a ``pmean``,
-  and comes back once). The defaults describe ``step(state, train_batch,
-  val_batch, rng) -> (state, metrics)``.
+  pmap takes a leading device axis on everything; shard_map takes global
+  arrays, replicated or split along the batch over the 1-D mesh ``"data"``.
   """
 
-  def __init__(
-    self,
-    step_fn,
-    *,
-    mode: str = "pmap",
-    devices=None,
-    donate: bool = True,
-    in_kinds: tuple[str, ...] = (REPLICATED, BATCH, BATCH, HOST),
-    out_kinds: tuple[str, ...] = (REPLICATED, HOST),
-  ):
+  def __init__(self, mode: str = "pmap", devices=None):
     if mode not in MODES:
       raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
     self.mode = mode
     self.devices = list(devices) if devices is not None else jax.local_devices()
     self.n = len(self.devices)
-    self.in_kinds, self.out_kinds = tuple(in_kinds), tuple(out_kinds)
-    donate_args = (0,) if donate else ()
     self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
     self._stacked = NamedSharding(self.mesh, P(AXIS))  # a leading axis split over devices
-    if mode == "pmap":
-      self._fn = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_args)
-    else:
-      spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS)}
-      mapped = jax.shard_map(
-        step_fn,
-        mesh=self.mesh,
-        in_specs=tuple(spec[k] for k in self.in_kinds),
-        out_specs=tuple(spec[k] for k in self.out_kinds),
-        # The supernet's cell scans start from zero carries that do not vary
-        # over "data"; with type checking of varying axes off, the collectives
-        # (pmean of gradients and BN statistics) are explicit, as under pmap,
-        # and tests/bilevel_test.py checks the result equals one device's.
-        check_vma=False,
-      )
-      self._fn = jax.jit(mapped, donate_argnums=donate_args)
 
-  # -- layout -----------------------------------------------------------------
   def replicate(self, tree):
     """Host state -> the layout the step takes."""
     if self.mode == "pmap":
@@ -122,6 +89,49 @@ class Runner:
     if self.mode == "pmap":
       batch = jax.tree.map(lambda x: x.reshape(self.n, -1, *x.shape[1:]), batch)
     return jax.device_put(batch, self._stacked)
+
+
+class Runner(Layout):
+  """A compiled, device-mapped per-device function (by default the search step).
+
+  Each argument and result has a kind: ``replicated`` (already laid out with
+  :meth:`replicate`, e.g. the state), ``batch`` (split along its leading axis:
+  :meth:`shard_batch` for arguments; results come back as one global batch)
+  or ``host`` (a small host value copied to every device at each call, e.g. an
+  rng; a result of this kind is identical on every device, e.g. a ``pmean``,
+  and comes back once). The defaults describe ``step(state, train_batch,
+  val_batch, rng) -> (state, metrics)``.
+  """
+
+  def __init__(
+    self,
+    step_fn,
+    *,
+    mode: str = "pmap",
+    devices=None,
+    donate: bool = True,
+    in_kinds: tuple[str, ...] = (REPLICATED, BATCH, BATCH, HOST),
+    out_kinds: tuple[str, ...] = (REPLICATED, HOST),
+  ):
+    super().__init__(mode, devices)
+    self.in_kinds, self.out_kinds = tuple(in_kinds), tuple(out_kinds)
+    donate_args = (0,) if donate else ()
+    if mode == "pmap":
+      self._fn = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_args)
+    else:
+      spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS)}
+      mapped = jax.shard_map(
+        step_fn,
+        mesh=self.mesh,
+        in_specs=tuple(spec[k] for k in self.in_kinds),
+        out_specs=tuple(spec[k] for k in self.out_kinds),
+        # The supernet's cell scans start from zero carries that do not vary
+        # over "data"; with type checking of varying axes off, the collectives
+        # (pmean of gradients and BN statistics) are explicit, as under pmap,
+        # and tests/bilevel_test.py checks the result equals one device's.
+        check_vma=False,
+      )
+      self._fn = jax.jit(mapped, donate_argnums=donate_args)
 
   def __call__(self, *args):
     if self.mode == "pmap":
