@@ -64,23 +64,26 @@ def _forward_facts(fn, args, compile_: bool) -> dict:
   return out
 
 
-def describe_search_space(spec: NetworkSpec, *, compile_: bool = True) -> dict:
+def describe_search_space(spec: NetworkSpec, *, compile_: bool = True, lower: bool = True) -> dict:
+  """Structure facts; with ``lower`` also HLO size, trace time and FLOPs (and compile time)."""
   shapes = jax.eval_shape(lambda: supernet.init(spec, jax.random.PRNGKey(0)))
-  alphas = supernet.init_alphas(spec, jax.random.PRNGKey(0))
-  masks = supernet.init_masks(spec)
-  images = supernet.dummy_images(spec, 1)
+  alphas = jax.eval_shape(lambda: supernet.init_alphas(spec, jax.random.PRNGKey(0)))
+  facts = {}
+  if lower:
+    masks = supernet.init_masks(spec)
+    images = supernet.dummy_images(spec, 1)
 
-  def fwd(variables, images, alphas, masks):
-    return supernet.apply(variables, images, alphas, masks, spec=spec, train=False)[0]
+    def fwd(variables, images, alphas, masks):
+      return supernet.apply(variables, images, alphas, masks, spec=spec, train=False)[0]
 
-  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_)
-  xla_spec = dataclasses.replace(spec, depthwise_impl="xla", scan_unroll=True)
+    variables, alphas = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes, alphas))
+    facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_)
+    xla_spec = dataclasses.replace(spec, depthwise_impl="xla", scan_unroll=True)
 
-  def fwd_xla(variables, images, alphas, masks):
-    return supernet.apply(variables, images, alphas, masks, spec=xla_spec, train=False)[0]
+    def fwd_xla(variables, images, alphas, masks):
+      return supernet.apply(variables, images, alphas, masks, spec=xla_spec, train=False)[0]
 
-  facts["flops_per_image"] = _flops(fwd_xla, (variables, images, alphas, masks))
+    facts["flops_per_image"] = _flops(fwd_xla, (variables, images, alphas, masks))
   return {
     "kind": "search_space",
     "params": search_param_count(spec, shapes["params"]),

@@ -76,7 +76,9 @@ def cmd_describe(args) -> int:
     spec = netspec.spec_from_config(cfg.model, phase="search")
     out = {
       "name": args.search_space,
-      **describe.describe_search_space(spec, compile_=not args.no_compile),
+      **describe.describe_search_space(
+        spec, compile_=not args.no_compile, lower=not args.structure_only
+      ),
     }
   else:
     cfg = load_config(args.config or "paper_train", args.set)
@@ -191,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     "--no-compile",
     action="store_true",
     help="skip compiling the forward (no compile time; FLOPs from the HLO)",
+  )
+  d.add_argument(
+    "--structure-only",
+    action="store_true",
+    help="search spaces: parameters, alphas and parts only (no trace, HLO size or FLOPs; "
+    "a big supernet's unrolled trace takes a minute on a small CPU)",
   )
   d.set_defaults(func=cmd_describe)
 

@@ -69,6 +69,7 @@ def with_momentum(opt_state, trace):
   return jax.tree.map(swap, opt_state, is_leaf=lambda x: isinstance(x, optax.TraceState))
 
 
+@pytest.mark.heavy
 def test_second_order_matches_finite_differences():
   """The exact unrolled alpha gradient equals a central finite difference of eq. (5)."""
   # One cell and few ops keep the second-order graph (three gradients and a
@@ -123,6 +124,7 @@ def run_steps(spec, h, mode, n_devices, batches, init):
   return runner.unreplicate(state), metrics
 
 
+@pytest.mark.heavy
 def test_one_device_pmap_and_shard_map_agree():
   """Same global batches: 1 device, 4 with pmap, 4 with shard_map give the same search state.
 

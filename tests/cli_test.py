@@ -22,16 +22,24 @@ def test_describe_darts_v2_json(capsys):
 
 
 def test_describe_search_spaces_json(capsys):
-  out = json.loads(
-    run_cli(capsys, "describe", "--search-space", "darts_cifar", "--json", "--no-compile")
-  )
+  quick = ("--json", "--structure-only")
+  out = json.loads(run_cli(capsys, "describe", "--search-space", "darts_cifar", *quick))
   assert out["alphas"] == 2 * 14 * 8
   assert out["params"] == 1_930_618  # the DARTS search network's count (padding slots excluded)
   assert out["parts"]["normal"]["edges"] == 14
-  out = json.loads(run_cli(capsys, "describe", "--search-space", "paper", "--json", "--no-compile"))
+  assert "hlo_lines" not in out and "flops_per_image" not in out
+  out = json.loads(run_cli(capsys, "describe", "--search-space", "paper", *quick))
   assert out["alphas"] == (7 + 5 + 9 + 9) * 10
   assert out["input_shape"] == {"WL": [64, 64, 3], "NIR1": [64, 64, 3], "NIR2": [64, 64, 3]}
   assert out["cells"] == ["reduce", "normal"] * 3
+  # The lowered facts, on a small paper-structured search space.
+  small = ["model.c_sin_search=4", "model.resolution=8", "model.k_r=1"]
+  sets = [a for s in small for a in ("--set", s)]
+  out = json.loads(
+    run_cli(capsys, "describe", "--search-space", "paper", "--json", "--no-compile", *sets)
+  )
+  assert out["hlo_lines"] > 0 and out["flops_per_image"] > 0 and "compile_s" not in out
+  assert out["cells"] == ["reduce", "normal"]
 
 
 def test_describe_genotype_file_and_table(capsys, tmp_path):

@@ -14,6 +14,12 @@ import pytest
 
 from dlsjax import runtime
 
+
+def pytest_collection_modifyitems(items):
+  """Heavy tests first: started last, one of them would run on alone after the rest."""
+  items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable
+
+
 # Subprocesses started by tests (CLI runs) share the cache through the environment.
 os.environ["DLSJAX_CACHE_DIR"] = os.environ.get("DLSJAX_CACHE_DIR") or str(
   Path(__file__).resolve().parents[1] / ".cache" / "jax"

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from conftest import tiny_spec
 from genotype_test import random_choice
 from supernet_test import random_images
@@ -10,6 +11,7 @@ from dlsjax import derived_net, genotype, ops, supernet
 from dlsjax.genotype import Genotype
 
 
+@pytest.mark.heavy
 def test_decided_supernet_equals_derived_network():
   spec = tiny_spec()
   choice = random_choice(spec, seed=3)
@@ -63,6 +65,7 @@ def _test_nor_conv_7x7(C, stride, ctx):
   return ops.ReLUConvBN(C, 7, stride, ctx)
 
 
+@pytest.mark.heavy
 def test_registered_op_can_be_searched_and_derived():
   op_set = ("none", "skip_connect", "test_nor_conv_7x7", "max_pool_3x3")
   spec = tiny_spec(op_set=op_set)

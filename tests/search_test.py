@@ -61,6 +61,7 @@ def derive_cmd(workdir, *extra):
   return [sys.executable, "-m", "dlsjax.main", "derive", "--workdir", str(workdir), *extra]
 
 
+@pytest.mark.heavy
 def test_finished_search_resume_and_derive(data_dir, tmp_path_factory, tmp_path):
   """One finished 2-epoch search serves both checks below (a search run is the costly part).
 
