@@ -196,3 +196,15 @@ def test_batchnorm_running_stats_update_only_when_mutable():
 def test_register_op_rejects_duplicates():
   with pytest.raises(ValueError, match="already registered"):
     ops.register_op("sep_conv_3x3")(lambda C, s, ctx: None)
+
+
+def test_init_key_is_deterministic_and_seed_dependent():
+  def draw(seed):
+    return np.asarray(jax.random.uniform(layers.init_key(jax.random.PRNGKey(seed)), (256,)))
+
+  np.testing.assert_array_equal(draw(0), draw(0))
+  assert not np.allclose(draw(0), draw(1))
+  assert 0.4 < draw(0).mean() < 0.6  # uniform on [0, 1)
+  typed = jax.random.key(3)
+  assert layers.init_key(typed) is typed
+  assert jax.random.split(layers.init_key(jax.random.PRNGKey(0)), 3).shape == (3,)
