@@ -176,19 +176,18 @@ class Evaluator:
     self.evaluations = 0  # candidate evaluations (each over all batches)
     self.parts = tuple(spec.topologies())
     self._runners: dict[str, sharding.Runner] = {}
-    self._mode, self._devices = mode, devices
     self._focal = (focal_gamma, focal_alpha)
-    self._layout = sharding.Layout(mode, devices)
-    self.n_devices = self._layout.n
-    self.batches = [self._layout.shard_batch(b) for b in batches]
+    self.layout = sharding.Layout(mode, devices)
+    self.n_devices = self.layout.n
+    self.batches = [self.layout.shard_batch(b) for b in batches]
     self.labels = np.concatenate([np.asarray(b["label"]) for b in batches])
     self.num_classes = spec.num_classes
     self.set_weights(variables, alphas)
 
   def set_weights(self, variables: dict, alphas: dict) -> None:
     v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    self._variables = self._layout.replicate(v)
-    self._alphas = self._layout.replicate(alphas)
+    self._variables = self.layout.replicate(v)
+    self._alphas = self.layout.replicate(alphas)
 
   # -- the per-device function ------------------------------------------------
   def _score_one(self, variables, alphas, masks, batch):
@@ -227,8 +226,8 @@ class Evaluator:
 
       self._runners[key] = sharding.Runner(
         fn,
-        mode=self._mode,
-        devices=self._devices,
+        mode=self.layout.mode,
+        devices=self.layout.devices,
         donate=False,
         in_kinds=(sharding.REPLICATED, sharding.REPLICATED, sharding.HOST, sharding.BATCH),
         out_kinds=(sharding.HOST, sharding.BATCH),
@@ -554,8 +553,8 @@ class PTTuner:
     self.tx = bilevel.weight_optimizer(th)
     self.runner = sharding.Runner(
       bilevel.make_weight_step(spec, th),
-      mode=ev._mode,
-      devices=ev._devices,
+      mode=ev.layout.mode,
+      devices=ev.layout.devices,
       in_kinds=(sharding.REPLICATED, sharding.BATCH, sharding.HOST, sharding.HOST),
       out_kinds=(sharding.REPLICATED, sharding.HOST),
     )

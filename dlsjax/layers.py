@@ -260,7 +260,7 @@ def init_key(rng):
   the values differ from threefry's (and may differ across backends), like
   any change of PRNG. Typed keys pass through unchanged.
   """
-  if jnp.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key):
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
     return rng
   data = jnp.asarray(rng, jnp.uint32).reshape(-1)
   data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])[:4]

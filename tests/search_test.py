@@ -33,9 +33,7 @@ TINY = [
 ]
 
 
-# Session scope: xdist interleaves modules on a worker, and a module-scoped
-# fixture would be torn down and rebuilt (the search run twice) between them.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("search_data")
   npz.from_npz(BREAST, root / "folder", modality="US")
