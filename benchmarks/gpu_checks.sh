@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run of the GPU measurements (issues 3 and 4) on a lent machine.
 #
-#   bash benchmarks/gpu_checks.sh OUTDIR [a|b|all]
+#   bash benchmarks/gpu_checks.sh OUTDIR [a|b|c|all]
 #
+# `c`: torch baseline and the canonical first- and second-order steps, one call.
 # `a` (torch baseline, first-order step, MPDS) and `b` (second-order step, paper
 # config) each fit one 10-minute device call; `all` (default) runs both.
 #
@@ -43,6 +44,12 @@ run() {  # run LIMIT_S CMD...: one measurement, its output and exit code in the 
 # (triton_tiling_propagation.cc "subdim_size_accumulator == dim_size"); the runs below
 # therefore use cuBLAS dots, and the limits are longer (see benchmarks/RESULTS.md).
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false"
+if [ "$PART" = c ]; then  # one call, first-order step first (the issue's target)
+  run 75 python3 benchmarks/darts_torch_reference.py --order both --steps 10
+  run 270 python3 benchmarks/search_throughput.py --only darts_cifar_first_order --steps 10
+  run 190 python3 benchmarks/search_throughput.py --only darts_cifar_second_order --steps 5
+  exit 0
+fi
 if [ "$PART" != b ]; then
   run 90 python3 benchmarks/darts_torch_reference.py --order both --steps 10
   run 240 python3 benchmarks/search_throughput.py --only darts_cifar_first_order --steps 10

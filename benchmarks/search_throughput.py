@@ -37,6 +37,11 @@ def peak_device_mb(devices) -> float | None:
   return round(max(peaks) / 2**20) if peaks else None
 
 
+def _progress(name: str, **fields) -> None:
+  """A partial result on stderr, so a run cut off by a time limit still says how far it got."""
+  print(json.dumps({"name": name, "partial": True, **fields}), file=sys.stderr, flush=True)
+
+
 def measure(name: str, steps: int, batch: int | None) -> dict:
   import jax
   import numpy as np
@@ -69,11 +74,13 @@ def measure(name: str, steps: int, batch: int | None) -> dict:
   t0 = time.perf_counter()
   state = runner.replicate(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
   init_s = time.perf_counter() - t0
+  _progress(name, init_s=round(init_s, 1))
   tb, vb, key = make_batch(), make_batch(), jax.random.PRNGKey(1)
   t0 = time.perf_counter()
   state, m = runner(state, tb, vb, key)  # compile + first step
   jax.block_until_ready(m)
   first_s = time.perf_counter() - t0
+  _progress(name, first_step_s=round(first_s, 1))
   t0 = time.perf_counter()
   for _ in range(steps):
     state, m = runner(state, tb, vb, key)
