@@ -17,13 +17,12 @@ one device computes on the global batch. ``sharding.py`` runs it under
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dlsjax import layers, losses, supernet
+from dlsjax import layers, losses, optim, supernet
 from dlsjax.netspec import NetworkSpec
 
 
@@ -66,21 +65,13 @@ class SearchHParams:
 
 def weight_lr(h: SearchHParams):
   """Cosine annealing per epoch, as PyTorch's ``CosineAnnealingLR`` stepped each epoch."""
-
-  def schedule(step):
-    epoch = jnp.minimum(step // h.steps_per_epoch, h.epochs - 1)
-    cos = 0.5 * (1.0 + jnp.cos(math.pi * epoch / h.epochs))
-    return h.w_lr_min + (h.w_lr - h.w_lr_min) * cos
-
-  return schedule
+  return optim.cosine_by_epoch(h.w_lr, h.w_lr_min, h.epochs, h.steps_per_epoch)
 
 
 def weight_optimizer(h: SearchHParams) -> optax.GradientTransformation:
   """SGD with momentum and (coupled) weight decay after gradient clipping, as DARTS."""
-  return optax.chain(
-    optax.clip_by_global_norm(h.grad_clip) if h.grad_clip else optax.identity(),
-    optax.add_decayed_weights(h.w_weight_decay),
-    optax.sgd(weight_lr(h), momentum=h.w_momentum),
+  return optim.sgd(
+    weight_lr(h), momentum=h.w_momentum, weight_decay=h.w_weight_decay, grad_clip=h.grad_clip
   )
 
 

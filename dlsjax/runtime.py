@@ -32,9 +32,9 @@ def _gpu_gemm_flag() -> None:
   second-order search step and the MPDS scoring function abort in XLA's compiler
   (``triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size``),
   and the first-order step had not finished compile + 11 steps in 130 s; with cuBLAS all
-  three compile (first order in 59 s, then 0.58 s per step). The flag is part of every jaxlib's flag set, so it is harmless
-  on CPU and TPU. It only takes effect if no backend has started yet; set
-  ``XLA_FLAGS=--xla_gpu_enable_triton_gemm=true`` to keep Triton.
+  three compile (first order in 59 s, then 0.58 s per step). The flag is part of every
+  jaxlib's flag set, so it is harmless on CPU and TPU. It only takes effect if no backend has
+  started yet; set ``XLA_FLAGS=--xla_gpu_enable_triton_gemm=true`` to keep Triton.
   """
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_gpu_enable_triton_gemm" not in flags:

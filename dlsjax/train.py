@@ -1,0 +1,398 @@
+"""Training of the derived (NAS-based) network: ``train(config, genotype, data_dir, workdir)``.
+
+Paper Section III-B: the derived network (``K_train`` normal cells per group,
+``C_sin`` 144) is re-initialised and trained on the whole training split (both
+search halves) with SGD (momentum 0.9, weight decay 1e-5, cosine to 1e-5 per
+epoch), focal loss (gamma 2, alpha 1), CutMix (beta 1), crop/flip
+augmentation and DropPath ramped linearly to 0.2 (``drop_path_max * epoch /
+epochs`` at every epoch, as the DARTS evaluation code).
+
+Writes to ``workdir``:
+
+* ``config.json``, ``genotype.json`` (the trained architecture) and
+  ``dataset.json`` (the dataset's description and preprocessing, so
+  ``predict`` works without the dataset);
+* ``run{i}/`` for each of ``runs`` seeds (``config.seed + i``):
+  ``checkpoints/`` (orbax, end of every epoch and every
+  ``train.checkpoint_every_steps``), ``metrics.jsonl`` (per epoch), ``tb/``.
+
+A finished run is never retrained; ``resume=True`` continues an interrupted
+one from its latest checkpoint at the exact batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dlsjax import checkpoint, derived_net, genotype, losses, netspec, optim, sharding
+from dlsjax.data import builder, dataset, pipeline
+from dlsjax.network import Network
+
+log = logging.getLogger(__name__)
+
+AXIS = sharding.AXIS
+METRIC_KEYS = ("loss", "acc")
+
+
+class TrainError(RuntimeError):
+  """A training run that cannot start or continue (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHParams:
+  """``config.train`` (paper Section III-B)."""
+
+  epochs: int = 110
+  steps_per_epoch: int = 1
+  batch_size: int = 128
+  lr: float = 2.5e-3
+  lr_min: float = 1e-5
+  momentum: float = 0.9
+  weight_decay: float = 1e-5
+  grad_clip: float = 5.0  # as the DARTS evaluation code; 0 disables
+  focal_gamma: float = 2.0
+  focal_alpha: float = 1.0
+  drop_path_max: float = 0.2
+  aux_head: bool = False
+  aux_weight: float = 0.4
+
+  @classmethod
+  def from_config(cls, train_cfg, steps_per_epoch: int) -> TrainHParams:
+    from dlsjax.configs import dataclass_from_config
+
+    return dataclass_from_config(cls, train_cfg, steps_per_epoch=steps_per_epoch)
+
+  def drop_prob(self, step):
+    """DropPath probability of ``step``: ``drop_path_max * epoch / epochs`` (DARTS)."""
+    epoch = step // self.steps_per_epoch
+    return self.drop_path_max * epoch / self.epochs
+
+
+def optimizer(h: TrainHParams) -> optax.GradientTransformation:
+  schedule = optim.cosine_by_epoch(h.lr, h.lr_min, h.epochs, h.steps_per_epoch)
+  return optim.sgd(
+    schedule, momentum=h.momentum, weight_decay=h.weight_decay, grad_clip=h.grad_clip
+  )
+
+
+def make_model(spec: netspec.NetworkSpec, choice, h: TrainHParams, *, axis: str | None = AXIS):
+  """The derived network, BatchNorm statistics synchronised over ``axis``."""
+  return derived_net.make_derived_net(spec, choice, aux_head=h.aux_head, bn_axis_name=axis)
+
+
+def init_state(model: Network, h: TrainHParams, rng) -> dict:
+  """``{"params", "batch_stats", "opt", "step"}``, one jitted call."""
+  variables = derived_net.init(model, rng)
+  return {
+    **variables,
+    "opt": jax.jit(optimizer(h).init)(variables["params"]),
+    "step": jnp.zeros((), jnp.int32),
+  }
+
+
+def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = AXIS):
+  """``step(state, batch, rng) -> (state, metrics)`` for one device (gradients ``pmean``-ed)."""
+  tx = optimizer(h)
+  schedule = optim.cosine_by_epoch(h.lr, h.lr_min, h.epochs, h.steps_per_epoch)
+
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name else x
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state["step"])
+    if axis_name:  # each device draws its own DropPath masks
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    drop = h.drop_prob(state["step"])
+
+    def loss_fn(params):
+      logits, stats, aux = derived_net.apply(
+        model,
+        {"params": params, "batch_stats": state["batch_stats"]},
+        batch["images"],
+        train=True,
+        rngs={"dropout": rng},
+        drop_prob=drop,
+      )
+      focal = dict(gamma=h.focal_gamma, alpha=h.focal_alpha)
+      loss = losses.focal_loss(logits, batch["target"], **focal)
+      if aux is not None:
+        loss = loss + h.aux_weight * losses.focal_loss(aux, batch["target"], **focal)
+      return loss, (logits, stats)
+
+    (loss, (logits, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    g = pmean(g)
+    upd, opt = tx.update(g, state["opt"], state["params"])
+    new_state = {
+      "params": optax.apply_updates(state["params"], upd),
+      "batch_stats": pmean(stats),
+      "opt": opt,
+      "step": state["step"] + 1,
+    }
+    # With CutMix the target is mixed; accuracy counts the dominant class.
+    metrics = {
+      "loss": loss,
+      "acc": losses.accuracy(logits, jnp.argmax(batch["target"], -1)),
+      "lr": schedule(state["step"]),
+      "drop_prob": jnp.asarray(drop, jnp.float32),
+    }
+    return new_state, pmean(metrics)
+
+  return step
+
+
+def make_predict_fn(model: Network):
+  """``predict(variables, images) -> probabilities`` (eval mode, running statistics)."""
+
+  def predict(variables, images):
+    logits, _, _ = derived_net.apply(model, variables, images, train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  return predict
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def train_spec(config) -> netspec.NetworkSpec:
+  return netspec.spec_from_config(config.model, phase="train")
+
+
+def load_choice(genotype_path, spec: netspec.NetworkSpec) -> tuple[genotype.Genotype, dict]:
+  try:
+    geno = genotype.Genotype.load(genotype_path)
+    return geno, geno.to_choice(spec.topologies(), spec.op_set)
+  except (OSError, genotype.GenotypeError) as e:
+    raise TrainError(f"{genotype_path}: {e}") from None
+
+
+def run_dirs(workdir, runs: int) -> list[pathlib.Path]:
+  return [pathlib.Path(workdir) / f"run{i}" for i in range(runs)]
+
+
+def train(
+  config,
+  genotype_path,
+  data_dir,
+  workdir,
+  *,
+  runs: int = 1,
+  resume: bool = False,
+  progress: bool = True,
+  stop_after: int | None = None,
+) -> list[pathlib.Path]:
+  """Train ``runs`` seeds of the derived network; returns the run folders.
+
+  ``stop_after`` ends the call after that many steps (tests; resume later).
+  """
+  from dlsjax.search import check_data_matches_model
+
+  sharding.maybe_initialize_distributed(config.train.get("distributed", "auto"))
+  workdir = pathlib.Path(workdir)
+  spec = train_spec(config)
+  geno, choice = load_choice(genotype_path, spec)
+  ds = dataset.load(data_dir)
+  check_data_matches_model(ds, spec)
+  if runs < 1:
+    raise TrainError(f"--runs must be >= 1, got {runs}")
+  workdir.mkdir(parents=True, exist_ok=True)
+  existing = sorted(p.name for p in workdir.glob("run*/checkpoints"))
+  if existing and not resume:
+    raise TrainError(
+      f"{workdir}: has training checkpoints ({', '.join(existing)}); pass --resume to continue "
+      "(finished runs are kept), or use a new --workdir"
+    )
+  (workdir / "config.json").write_text(config.to_json(indent=2))
+  geno.save(workdir / "genotype.json")
+  shutil.copyfile(ds.data_dir / builder.METADATA, workdir / "dataset.json")
+  (workdir / "train_run.json").write_text(
+    json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve()), "runs": runs})
+  )
+  dirs = run_dirs(workdir, runs)
+  budget = [stop_after]
+  for i, run_dir in enumerate(dirs):
+    _train_one(
+      config, spec, choice, ds, run_dir, seed=int(config.seed) + i, run=(i, runs),
+      progress=progress, budget=budget,
+    )  # fmt: skip
+    if budget[0] is not None and budget[0] <= 0:
+      break
+  return dirs
+
+
+def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget) -> None:
+  tc = config.train
+  src = ds.source("train")
+  n_proc, proc = jax.process_count(), jax.process_index()
+  if tc.batch_size % n_proc:
+    raise TrainError(f"train.batch_size {tc.batch_size} does not split over {n_proc} hosts")
+  host_batch = tc.batch_size // n_proc
+  indices = pipeline.host_shard(np.arange(len(src)), proc, n_proc)
+  steps_per_epoch = len(indices) // host_batch
+  if steps_per_epoch < 1:
+    raise TrainError(
+      f"{ds.data_dir}: {len(indices)} training specimens per host cannot fill one batch of "
+      f"{host_batch} (lower train.batch_size)"
+    )
+  h = TrainHParams.from_config(tc, steps_per_epoch)
+  aug = pipeline.Augment.from_config(tc)
+  model = make_model(spec, choice, h)
+  runner = sharding.Runner(
+    make_train_step(model, h),
+    mode=tc.get("parallel", "pmap"),
+    in_kinds=(sharding.REPLICATED, sharding.BATCH, sharding.HOST),
+  )
+  if host_batch % runner.n:
+    raise TrainError(f"batch {host_batch} per host does not split over {runner.n} devices")
+
+  ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
+  try:
+    state = init_state(make_model(spec, choice, h, axis=None), h, jax.random.PRNGKey(seed))
+    epoch, start, sums = 0, 0, dict.fromkeys(METRIC_KEYS, 0.0)
+    if ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(state)
+      epoch, start, sums = meta["epoch"], meta["batch"], meta["sums"]
+      if meta.get("seed") != seed:
+        raise TrainError(f"{run_dir}: checkpoint has seed {meta.get('seed')}, this run {seed}")
+      if epoch >= h.epochs:
+        log.info("%s: finished (%d epochs), kept", run_dir, epoch)
+        return
+      log.info("%s: resuming at epoch %d, batch %d", run_dir, epoch + 1, start)
+    writer = None
+    if proc == 0:
+      from dlsjax.search import _tensorboard
+
+      writer = _tensorboard(run_dir)
+    dstate = runner.replicate(state)
+    rng = jax.random.PRNGKey(seed + 1)
+
+    def save(epoch_, batch_, sums_):
+      host = runner.unreplicate(dstate)
+      meta = {"epoch": epoch_, "batch": batch_, "sums": sums_, "seed": seed}
+      ckpt.save(int(host["step"]), host, meta)
+
+    every = int(tc.get("checkpoint_every_steps", 0) or 0)
+    while epoch < h.epochs:
+      batches = pipeline.train_batches(
+        ds, src, indices, batch_size=host_batch, seed=seed, epoch=epoch, aug=aug
+      )
+      it = pipeline.iterate(batches, start=start)
+      bar = range(start, steps_per_epoch)
+      if progress:
+        from tqdm import tqdm
+
+        desc = f"train run {run[0] + 1}/{run[1]} epoch {epoch + 1}/{h.epochs}"
+        bar = tqdm(bar, desc=desc, initial=start, total=steps_per_epoch)
+      t0 = time.perf_counter()
+      for i in bar:
+        dstate, m = runner(dstate, runner.shard_batch(next(it)), rng)
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        if not math.isfinite(m["loss"]):
+          raise TrainError(
+            f"{run_dir}: non-finite loss at epoch {epoch + 1}, batch {i + 1}; the last good "
+            f"checkpoint (step {ckpt.latest_step()}) is kept. Lower train.lr or check the data."
+          )
+        for k in METRIC_KEYS:
+          sums[k] += m[k]
+        if progress:
+          bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.2f}")
+        last = i + 1 == steps_per_epoch
+        if every and (epoch * steps_per_epoch + i + 1) % every == 0 and not last:
+          save(epoch, i + 1, sums)
+        if budget[0] is not None:
+          budget[0] -= 1
+          if budget[0] <= 0 and not last:
+            save(epoch, i + 1, sums)
+            return
+      record = {
+        "epoch": epoch + 1,
+        **{k: sums[k] / steps_per_epoch for k in METRIC_KEYS},
+        "lr": m["lr"],
+        "drop_prob": m["drop_prob"],
+        "seconds": time.perf_counter() - t0,
+      }
+      if proc == 0:
+        with (run_dir / "metrics.jsonl").open("a") as f:
+          f.write(json.dumps(record) + "\n")
+        if writer is not None:
+          for k in (*METRIC_KEYS, "lr", "drop_prob"):
+            writer.add_scalar(f"train/{k}", record[k], epoch + 1)
+          writer.flush()
+      epoch, start, sums = epoch + 1, 0, dict.fromkeys(METRIC_KEYS, 0.0)
+      save(epoch, 0, sums)
+      if budget[0] is not None and budget[0] <= 0:
+        return
+  finally:
+    ckpt.close()
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclasses.dataclass
+class Trained:
+  """A training workdir loaded for inference: the model and each finished run's variables."""
+
+  workdir: pathlib.Path
+  config: object
+  spec: netspec.NetworkSpec
+  genotype: genotype.Genotype
+  choice: dict
+  model: Network  # no BN axis: plain inference
+  variables: list[dict]  # one {"params", "batch_stats"} per run
+  run_dirs: list[pathlib.Path]
+  dataset_meta: dict
+
+  def description(self):
+    from dlsjax.data import folder
+
+    return folder.Description.from_dict(self.dataset_meta["description"])
+
+  def build_options(self) -> builder.BuildOptions:
+    return builder.BuildOptions(**self.dataset_meta["options"])
+
+
+def load(workdir, *, require_finished: bool = True) -> Trained:
+  """Read a training workdir: config, genotype and the last checkpoint of every run."""
+  import ml_collections
+
+  workdir = pathlib.Path(workdir)
+  cfg_path = workdir / "config.json"
+  if not cfg_path.is_file():
+    raise TrainError(f"{workdir}: not a training workdir (no config.json); run `dlsjax train`")
+  config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+  spec = train_spec(config)
+  geno, choice = load_choice(workdir / "genotype.json", spec)
+  h = TrainHParams.from_config(config.train, 1)
+  model = make_model(spec, choice, h, axis=None)
+  template = jax.eval_shape(lambda: init_state(model, h, jax.random.PRNGKey(0)))
+  variables, dirs = [], []
+  for run_dir in sorted(workdir.glob("run*"), key=lambda p: int(p.name[3:] or 0)):
+    ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
+    try:
+      if ckpt.latest_step() is None:
+        continue
+      state, meta = ckpt.restore(template)
+    finally:
+      ckpt.close()
+    if require_finished and meta["epoch"] < int(config.train.epochs):
+      raise TrainError(
+        f"{run_dir}: training not finished (epoch {meta['epoch']} of {config.train.epochs}); "
+        "continue it with `dlsjax train ... --resume`"
+      )
+    variables.append({"params": state["params"], "batch_stats": state["batch_stats"]})
+    dirs.append(run_dir)
+  if not variables:
+    raise TrainError(f"{workdir}: no trained run (no run*/checkpoints); run `dlsjax train`")
+  meta = json.loads((workdir / "dataset.json").read_text())
+  return Trained(workdir, config, spec, geno, choice, model, variables, dirs, meta)
