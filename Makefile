@@ -23,16 +23,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
-# The end-to-end demo (search -> derive -> train -> evaluate) lands with the
-# pipeline issue; until then `make demo` makes and builds the synthetic default
-# dataset, and describes the paper search space and the DARTS_V2 network.
+# The end-to-end demo: synthesise the default dataset, build it, search (first
+# order), derive with MPDS, train, evaluate, Grad-CAM, predict; writes
+# runs/demo/report.md. Finished stages are kept when it is run again.
 demo: $(STAMP)
-	mkdir -p runs/demo
-	test -d runs/demo/data || $(BIN)/dlsjax data synth --out runs/demo/data
-	test -d runs/demo/data_built || $(BIN)/dlsjax data build --manual-dir runs/demo/data --data-dir runs/demo/data_built
-	$(BIN)/dlsjax data info --data-dir runs/demo/data_built | tee runs/demo/data_info.txt
-	$(BIN)/dlsjax describe --search-space paper --no-compile | tee runs/demo/search_space.txt
-	$(BIN)/dlsjax describe --preset darts_v2 --no-compile | tee runs/demo/darts_v2.txt
+	$(BIN)/dlsjax demo --workdir runs/demo
 
 clean:
 	rm -rf $(VENV) .cache runs

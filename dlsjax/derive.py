@@ -75,6 +75,7 @@ class DeriveOptions:
   method: str = "mpds"
   metric: str = "accuracy"
   batch_size: int = 16  # validation batch (the search batch in the paper preset)
+  max_images: int = 0  # metric on the first N images of the alpha half (0: all)
   chunk: int = 8  # candidates per vmapped evaluation
   vmap: bool = True  # False: one compiled call per candidate (the reference loop)
   batch_parts: str = "group"  # group | part | all: whose masks carry the candidate axis
@@ -440,14 +441,18 @@ def load_search(workdir: pathlib.Path):
   return config, spec, h, state, meta
 
 
-def validation_batches(config, data_dir, batch_size: int) -> list[dict]:
-  """The alpha half of the training split (as in the search), in fixed full batches."""
+def validation_batches(config, data_dir, batch_size: int, max_images: int = 0) -> list[dict]:
+  """The alpha half of the training split (as in the search), in fixed full batches.
+
+  ``max_images`` > 0 keeps the first that many (rounded down to full batches).
+  """
   from dlsjax.data import dataset, pipeline
 
   ds = dataset.load(data_dir)
   src = ds.source("train")
   _, a_idx = pipeline.search_halves(len(src), int(config.seed))
-  n = (len(a_idx) // batch_size) * batch_size
+  n = len(a_idx) if max_images <= 0 else min(len(a_idx), max_images)
+  n = (n // batch_size) * batch_size
   if n == 0:
     raise DeriveError(
       f"{data_dir}: the alpha half has {len(a_idx)} specimens, fewer than one batch of "
@@ -483,7 +488,7 @@ def derive(
     entries = []
   else:
     data_dir = data_dir or _recorded_data_dir(workdir)
-    batches = validation_batches(config, data_dir, opts.batch_size)
+    batches = validation_batches(config, data_dir, opts.batch_size, opts.max_images)
     ev = Evaluator(
       spec,
       state,

@@ -6,6 +6,7 @@ import argparse
 import ast
 import json
 import logging
+import os
 import sys
 
 SEARCH_SPACES = {"paper": "paper", "darts_cifar": "darts_cifar"}
@@ -162,6 +163,110 @@ def cmd_derive(args) -> int:
   return 0
 
 
+def cmd_train(args) -> int:
+  from dlsjax import train
+  from dlsjax.data.folder import DataError
+
+  cfg = load_config(args.config, args.set)
+  if "train" not in cfg:
+    raise SystemExit(f"train: config {args.config!r} has no train section (try paper_train)")
+  try:
+    dirs = train.train(
+      cfg, args.genotype, args.data_dir, args.workdir, runs=args.runs, resume=args.resume,
+      stop_after=args.stop_after,
+    )  # fmt: skip
+  except (DataError, train.TrainError) as e:
+    raise SystemExit(f"train: {e}") from None
+  print(f"training finished: {', '.join(str(d) for d in dirs)}")
+  return 0
+
+
+def cmd_evaluate(args) -> int:
+  from dlsjax import evaluate, train
+  from dlsjax.data.folder import DataError
+
+  try:
+    result = evaluate.evaluate(
+      args.workdir, split=args.split, data_dir=args.data_dir, trials=args.bootstrap,
+      throughput_batch=args.throughput_batch, throughput_batches=args.throughput_batches,
+    )  # fmt: skip
+  except (DataError, train.TrainError) as e:
+    raise SystemExit(f"evaluate: {e}") from None
+  print(evaluate.format_table(result))
+  w = args.workdir
+  print(f"wrote {w}/metrics.json, {w}/predictions.csv, {w}/roc_micro.png, "
+        f"{w}/roc_per_class.png, {w}/confusion.png")  # fmt: skip
+  return 0
+
+
+def cmd_gradcam(args) -> int:
+  import json
+  import pathlib
+
+  from dlsjax import gradcam, plots, train
+  from dlsjax.data import dataset
+  from dlsjax.data.folder import DataError
+
+  try:
+    trained = train.load(args.workdir)
+    data_dir = (
+      args.data_dir
+      or json.loads((pathlib.Path(args.workdir) / "train_run.json").read_text())["data_dir"]
+    )
+    ds = dataset.load(data_dir)
+    classes = list(ds.desc.classes)
+    target = None
+    if args.target is not None:
+      if args.target not in classes:
+        raise DataError(f"--class {args.target!r} is not one of {classes}")
+      target = classes.index(args.target)
+    if not 0 <= args.run < len(trained.variables):
+      raise DataError(f"--run {args.run}: the workdir has {len(trained.variables)} run(s)")
+    for sid in args.specimen:
+      split, ex = ds.find(sid, trained.spec.resolution)
+      images = {k: v[None] for k, v in ex["images"].items()}
+      heat, probs, cls = gradcam.gradcam(
+        trained.model, trained.variables[args.run], images, target=target
+      )
+      out = pathlib.Path(args.out or args.workdir) / f"gradcam_{sid}.png"
+      overlay = "WL" if "WL" in ex["images"] else ds.modalities[0]
+      plots.gradcam_panel(
+        ex["images"], heat, overlay, out,
+        title=f"{sid} ({split}): true {classes[ex['label']]}, Grad-CAM of {classes[cls]} "
+        f"(p={probs[cls]:.2f})",
+      )  # fmt: skip
+      print(f"wrote {out}")
+  except (DataError, train.TrainError) as e:
+    raise SystemExit(f"gradcam: {e}") from None
+  return 0
+
+
+def cmd_predict(args) -> int:
+  from dlsjax import predict, train
+  from dlsjax.data.folder import DataError
+
+  try:
+    p = predict.Predictor(args.workdir)
+    results = [p(d) for d in args.specimens]
+  except (DataError, train.TrainError) as e:
+    raise SystemExit(f"predict: {e}") from None
+  text = json.dumps({"specimens": results}, indent=2)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  print(text)
+  return 0
+
+
+def cmd_demo(args) -> int:
+  from dlsjax import demo
+
+  cfg = load_config(args.config, args.set)
+  report = demo.run(args.workdir, cfg, data_folder=args.data_folder)
+  print(f"wrote {report}")
+  return 0
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--set",
@@ -242,6 +347,48 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir", help="default: the dataset the search used")
   _add_set(p)
   p.set_defaults(func=cmd_derive)
+
+  p = sub.add_parser("train", help="train the derived network of a genotype (--runs seeds)")
+  p.add_argument("--genotype", required=True, help="genotype.json (from `dlsjax derive`)")
+  p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
+  p.add_argument("--workdir", required=True, help="training folder (runs, checkpoints)")
+  p.add_argument("--config", default="paper_train", help="config name (paper_train | demo | ...)")
+  p.add_argument("--runs", type=int, default=1, help="seeds to train (the paper reports 5)")
+  p.add_argument("--resume", action="store_true", help="continue unfinished runs")
+  p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
+  _add_set(p)
+  p.set_defaults(func=cmd_train)
+
+  p = sub.add_parser("evaluate", help="ACC, micro AUC with bootstrap CIs, ROC and confusion")
+  p.add_argument("--workdir", required=True, help="a training folder")
+  p.add_argument("--split", default="test")
+  p.add_argument("--data-dir", help="default: the dataset the training used")
+  p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+  p.add_argument("--throughput-batch", type=int, default=128)
+  p.add_argument("--throughput-batches", type=int, default=10, help="0: skip the throughput")
+  p.set_defaults(func=cmd_evaluate)
+
+  p = sub.add_parser("gradcam", help="Grad-CAM panel of a specimen (paper Fig. 4)")
+  p.add_argument("--workdir", required=True, help="a training folder")
+  p.add_argument("--specimen", required=True, action="append", help="specimen id (repeatable)")
+  p.add_argument("--class", dest="target", help="class to explain (default: the predicted)")
+  p.add_argument("--run", type=int, default=0, help="which trained run (seed index)")
+  p.add_argument("--data-dir", help="default: the dataset the training used")
+  p.add_argument("--out", help="folder for the PNGs (default: the workdir)")
+  p.set_defaults(func=cmd_gradcam)
+
+  p = sub.add_parser("predict", help="grade specimen folders of raw modality images")
+  p.add_argument("--workdir", required=True, help="a training folder")
+  p.add_argument("specimens", nargs="+", help="folders named by specimen id, one image/modality")
+  p.add_argument("--out", help="also write the JSON here")
+  p.set_defaults(func=cmd_predict)
+
+  p = sub.add_parser("demo", help="synthesise -> build -> search -> derive -> train -> evaluate")
+  p.add_argument("--workdir", default="runs/demo")
+  p.add_argument("--config", default="demo", help="demo | demo:tiny | breastmnist")
+  p.add_argument("--data-folder", help="a dataset folder to use instead of the synthetic set")
+  _add_set(p)
+  p.set_defaults(func=cmd_demo)
   return parser
 
 
@@ -252,7 +399,12 @@ def main(argv: list[str] | None = None) -> int:
 
   runtime.setup()
   args = build_parser().parse_args(argv)
-  return args.func(args)
+  try:
+    return args.func(args)
+  except ValueError as e:  # invalid config values (NetworkSpec, hyper-parameters)
+    if os.environ.get("DLSJAX_TRACEBACK"):
+      raise
+    raise SystemExit(f"dlsjax {args.command}: {e} (DLSJAX_TRACEBACK=1 shows where)") from None
 
 
 if __name__ == "__main__":

@@ -95,6 +95,13 @@ class NetworkSpec:
       raise ValueError(
         f"NetworkSpec.cells must be a non-empty list of 'normal'/'reduce', got {self.cells}"
       )
+    n_red = self.cells.count("reduce")
+    if self.resolution % (2**n_red):
+      raise ValueError(
+        f"model.resolution {self.resolution} is not divisible by 2^{n_red} (one halving per "
+        "reduction cell; the factorized reduce of an odd size has no exact half): choose a "
+        "resolution or model.k_r that fits"
+      )
     object.__setattr__(self, "op_set", ops.resolve_op_set(self.op_set))
 
   # ------------------------------------------------------------------ parts

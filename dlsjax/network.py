@@ -235,6 +235,8 @@ class Network(nn.Module):
           "aux_logits",
           AuxHead(spec.num_classes, aux_ctx, name="aux_head")(s1),
         )
+    if not search:  # Grad-CAM differentiates w.r.t. this map (no-op without "perturbations")
+      s1 = self.perturb("features", s1)
     self.sow("intermediates", "features", s1)
     pooled = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(spec.num_classes, name="head")(pooled)

@@ -117,3 +117,86 @@ def genotype_figure(geno, path: str | pathlib.Path, *, title: str = "", modaliti
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def roc_micro(band: dict, auc: float, ci, path, *, title: str = "") -> None:
+  """Micro-averaged ROC curve with its bootstrap 95% band (paper Fig. 3)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.2, 4.0))
+  ax.fill_between(band["fpr"], band["low"], band["high"], alpha=0.25, label="95% CI")
+  ax.plot(band["fpr"], band["tpr"], lw=1.8, label=f"micro AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+  ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+  ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01))
+  ax.set_title(title or "micro-averaged ROC", fontsize=9)
+  ax.legend(loc="lower right", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def roc_per_class(curves: dict[str, tuple], aucs: dict[str, float], path, *, title: str = ""):
+  """One-vs-rest ROC curve of every class (``curves[name] = (fpr, tpr)``)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.2, 4.0))
+  for name, (fpr, tpr) in curves.items():
+    ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {aucs[name]:.3f})")
+  ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+  ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01))
+  ax.set_title(title or "per-class ROC (one vs rest)", fontsize=9)
+  ax.legend(loc="lower right", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def confusion(matrix, classes, path, *, title: str = "") -> None:
+  plt = _pyplot()
+  m = np.asarray(matrix)
+  fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(classes), 1.0 + 0.7 * len(classes)))
+  ax.imshow(m, cmap="Blues")
+  for (i, j), v in np.ndenumerate(m):
+    ax.text(j, i, str(v), ha="center", va="center", color="w" if v > m.max() / 2 else "k")
+  ax.set_xticks(range(len(classes)), classes)
+  ax.set_yticks(range(len(classes)), classes)
+  ax.set(xlabel="predicted", ylabel="true")
+  ax.set_title(title or "confusion matrix", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def gradcam_panel(images: dict, heatmap, overlay_on: str, path, *, title: str = "") -> None:
+  """Each modality, the Grad-CAM heatmap and its overlay on ``overlay_on`` (paper Fig. 4)."""
+  plt = _pyplot()
+
+  def show(x):
+    x = np.asarray(x, np.float32)
+    x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+    return x[..., 0] if x.shape[-1] == 1 else x
+
+  n = len(images) + 2
+  fig, axes = plt.subplots(1, n, figsize=(2.3 * n, 2.6))
+  for ax, (name, x) in zip(axes, images.items(), strict=False):
+    ax.imshow(show(x), cmap="gray")
+    ax.set_title(name, fontsize=9)
+  axes[-2].imshow(heatmap, cmap="jet", vmin=0, vmax=1)
+  axes[-2].set_title("Grad-CAM", fontsize=9)
+  axes[-1].imshow(show(images[overlay_on]), cmap="gray")
+  axes[-1].imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+  axes[-1].set_title(f"overlay on {overlay_on}", fontsize=9)
+  for ax in axes:
+    ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -116,3 +116,10 @@ def test_data_commands(capsys, tmp_path):
     )  # fmt: skip
   with pytest.raises(SystemExit, match=r"--set data.nope: no such config field"):
     main.main(["data", "build", "--manual-dir", "g", "--data-dir", "b", "--set", "data.nope=1"])
+
+
+def test_invalid_model_config_is_a_clear_error():
+  with pytest.raises(SystemExit, match="model.resolution 28 is not divisible by 2\\^3"):
+    main.main(
+      ["describe", "--search-space", "paper", "--structure-only", "--set", "model.resolution=28"]
+    )

@@ -69,7 +69,7 @@ def test_finished_search_resume_and_derive(data_dir, tmp_path_factory, tmp_path)
   full = tmp_path_factory.mktemp("full")
   run(command(data_dir, full))
   check_kill_and_resume_matches_uninterrupted_run(data_dir, full, tmp_path)
-  check_derive_mpds_argmax_and_pt(full, tmp_path)
+  check_derive_argmax_and_pt(full, tmp_path)
 
 
 def check_kill_and_resume_matches_uninterrupted_run(data_dir, full, tmp_path):
@@ -128,25 +128,11 @@ def test_search_errors_name_the_problem(data_dir, tmp_path):
   assert out.returncode != 0 and "not a built dlsjax dataset" in out.stderr
 
 
-def check_derive_mpds_argmax_and_pt(full_run, tmp_path):
+def check_derive_argmax_and_pt(full_run, tmp_path):
+  """MPDS through the CLI is checked by tests/demo_test.py (the tiny demo derives with it)."""
   import shutil
 
-  from dlsjax import genotype
-
-  run(derive_cmd(full_run))  # MPDS, accuracy (the config's defaults)
-  geno = genotype.Genotype.load(full_run / "genotype.json")
-  logd = json.loads((full_run / "derivation_log.json").read_text())
-  assert (logd["method"], logd["metric"]) == ("mpds", "accuracy")
-  assert (full_run / "genotype.png").stat().st_size > 10_000
-  edges = [d for d in logd["decisions"] if d["kind"] == "edge"]
-  assert [(d["part"], d["edge"]) for d in edges] == [
-    (p, e) for p in ("normal", "reduce") for e in range(9)
-  ]
-  assert all(d["choice"] != "none" and 0 <= d["candidates"][0]["metric"] <= 1 for d in edges)
-  assert logd["compilations"] <= 2 and logd["validation_images"] > 0
-  assert set(geno.parts) == {"normal", "reduce"}
-
-  from dlsjax import derive
+  from dlsjax import derive, genotype
 
   derive.derive(full_run, method="argmax", progress=False)  # in-process: no compile needed
   assert (full_run / "genotype.json").read_text() == (full_run / "genotype_argmax.json").read_text()

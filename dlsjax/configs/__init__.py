@@ -10,11 +10,18 @@ CONFIGS = {
   "paper_train": "train_paper",
   "darts_cifar": "search_darts_cifar",
   "darts_cifar_train": "train_darts_cifar",
+  "demo": "demo",
+  "breastmnist": "breastmnist",
 }
 
 
 def get_config(name: str, arg: str | None = None):
-  """The ConfigDict of a named config; ``arg`` is passed to its ``get_config``."""
+  """The ConfigDict of a named config; ``arg`` is passed to its ``get_config``.
+
+  ``name:arg`` is the same as ``get_config(name, arg)`` (e.g. ``demo:tiny``).
+  """
+  if arg is None and ":" in name:
+    name, arg = name.split(":", 1)
   if name not in CONFIGS:
     raise KeyError(f"unknown config {name!r}; available: {sorted(CONFIGS)}")
   module = importlib.import_module(f"dlsjax.configs.{CONFIGS[name]}")

@@ -87,6 +87,7 @@ def derive_config(batch_size: int) -> ml_collections.ConfigDict:
       method="mpds",  # mpds (paper Algorithm 1) | argmax (DARTS) | pt (Wang et al. 2021)
       metric="accuracy",  # accuracy | loss | auc (micro) on the alpha half
       batch_size=batch_size,  # validation batch; BN uses its statistics
+      max_images=0,  # metric on the first N images of the alpha half (0: all, as the paper)
       chunk=8,  # candidates per vmapped evaluation (memory vs. calls)
       vmap=True,  # False: one call per candidate (reference loop)
       batch_parts="group",  # group (stems / cells: 2 compilations) | part | all (derive.py)

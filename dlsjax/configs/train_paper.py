@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       crop_padding=8,
       hflip=True,
       vflip=True,
+      grad_clip=5.0,  # as the DARTS evaluation code (not stated in the paper); 0 disables
+      checkpoint_every_steps=0,  # 0: only at the end of every epoch
+      parallel="pmap",  # pmap | shard_map
+      distributed="auto",
       aux_head=False,
     )
   )

@@ -61,6 +61,15 @@ class Dataset:
       "specimen_id": _text(record["specimen_id"]),
     }
 
+  def find(self, specimen_id: str, resolution: int | None = None) -> tuple[str, dict]:
+    """``(split, decoded example)`` of the specimen with that id, in any split."""
+    for split in self.splits:
+      src = self.source(split)
+      for i in range(len(src)):
+        if _text(src[i]["specimen_id"]) == specimen_id:
+          return split, self.decode(src[i], resolution)
+    raise folder.DataError(f"{self.data_dir}: no specimen {specimen_id!r} in {list(self.splits)}")
+
   def check_resolution(self, resolution: int) -> None:
     if self.opts.preprocess == "build" and self.opts.resolution != resolution:
       raise folder.DataError(
