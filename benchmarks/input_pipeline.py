@@ -48,16 +48,11 @@ def time_train_step(batch: int, steps: int = 2):
   import jax.numpy as jnp
   import optax
 
-  from dlsjax import derived_net, genotype, supernet
+  from dlsjax import derived_net, supernet
   from dlsjax.configs import get_config
-  from dlsjax.netspec import spec_from_config
 
   cfg = get_config("paper_train")
-  search_spec = spec_from_config(cfg.model, phase="search")
-  spec = spec_from_config(cfg.model, phase="train")
-  alphas = supernet.init_alphas(search_spec, jax.random.PRNGKey(1), scale=1.0)
-  choice = genotype.derive_argmax(alphas, spec.topologies(), spec.op_set)
-  model = derived_net.make_derived_net(spec, choice)
+  spec, _, model = derived_net.random_argmax_network(cfg.model)
   variables = derived_net.init(model, jax.random.PRNGKey(0))
   tx = optax.sgd(cfg.train.lr, momentum=cfg.train.momentum)
   opt = tx.init(variables["params"])

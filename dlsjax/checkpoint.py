@@ -61,6 +61,20 @@ class Checkpoints:
     )
     return out["state"], out["meta"]
 
+  def resume(self, state, seed: int, sum_keys):
+    """``(state, epoch, batch, sums)`` of the latest checkpoint, or of a fresh start.
+
+    A run's checkpoints carry ``epoch``, ``batch`` (position in the epoch),
+    ``sums`` (running metric sums of the epoch) and ``seed`` in their metadata;
+    a checkpoint of another seed is an error, not a silent restart.
+    """
+    if self.latest_step() is None:
+      return state, 0, 0, dict.fromkeys(sum_keys, 0.0)
+    state, meta = self.restore(state)
+    if meta.get("seed") != seed:
+      raise ValueError(f"{self.directory}: checkpoint has seed {meta.get('seed')}, this run {seed}")
+    return state, meta["epoch"], meta["batch"], meta["sums"]
+
   def meta(self, step: int | None = None) -> dict:
     """The JSON metadata of ``step`` (default: latest) without reading the state."""
     step = self.latest_step() if step is None else step

@@ -70,8 +70,12 @@ def run(workdir, config, *, data_folder=None, progress: bool = True) -> pathlib.
   def do_evaluate():
     result.update(
       evaluate.evaluate(
-        t_dir, data_dir=built, trials=ev.bootstrap, throughput_batch=ev.throughput_batch
-      )
+        t_dir,
+        data_dir=built,
+        trials=ev.bootstrap,
+        throughput_batch=ev.throughput_batch,
+        throughput_batches=ev.throughput_batches,
+      )  # fmt: skip
     )
 
   stage("evaluate", do_evaluate, False)
@@ -123,10 +127,11 @@ def gradcam_examples(t_dir: pathlib.Path, ds, config) -> list[pathlib.Path]:
     first.setdefault(int(src[i]["label"]), i)
   out = []
   classes = list(ds.desc.classes)
+  explain = gradcam.make_gradcam(trained.model)
   for label, i in sorted(first.items()):
     ex = ds.decode(src[i])
     images = {k: v[None] for k, v in ex["images"].items()}
-    heat, probs, cls = gradcam.gradcam(trained.model, trained.variables[0], images)
+    heat, probs, cls = explain(trained.variables[0], images)
     path = t_dir / f"gradcam_{ex['specimen_id']}.png"
     plots.gradcam_panel(
       ex["images"], heat, ds.modalities[0], path,

@@ -41,6 +41,21 @@ def make_derived_net(
   )
 
 
+def random_argmax_network(model_cfg, seed: int = 1) -> tuple[NetworkSpec, dict, Network]:
+  """``(train spec, choice, model)``: the argmax genotype of random alphas of ``model_cfg``.
+
+  A stand-in architecture of the right size for benchmarks and calibration.
+  """
+  from dlsjax import genotype, supernet
+  from dlsjax.netspec import spec_from_config
+
+  search_spec = spec_from_config(model_cfg, phase="search")
+  spec = spec_from_config(model_cfg, phase="train")
+  alphas = supernet.init_alphas(search_spec, jax.random.PRNGKey(seed), scale=1.0)
+  choice = genotype.derive_argmax(alphas, spec.topologies(), spec.op_set)
+  return spec, choice, make_derived_net(spec, choice)
+
+
 def init(model: Network, rng, batch: int = 2) -> dict:
   images = dummy_images(model.spec, batch)
   v = jax.jit(lambda r: model.init({"params": layers.init_key(r)}, images, train=True))(rng)

@@ -92,8 +92,13 @@ def model_facts(trained: train.Trained, *, batch: int = 128, batches: int = 10) 
     "flops_g": (d["flops_per_image"] or 0) / 1e9,
     "throughput_img_s": throughput(trained, batch, batches) if batches else None,
     "throughput_batch": batch,
-    "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+    "device": _device_name(),
   }
+
+
+def _device_name() -> str:
+  d = jax.devices()[0]
+  return d.platform if d.device_kind == d.platform else f"{d.platform} ({d.device_kind})"
 
 
 def evaluate(

@@ -13,25 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def gradcam(model, variables, images, *, target: int | None = None):
-  """``(heatmap f32[H, W] in [0, 1], probabilities f32[K], class)`` of one specimen.
+def make_gradcam(model):
+  """``gradcam(variables, images, target=None) -> (heatmap [H, W], probs [K], class)``.
 
-  ``images``: ``{modality: [1, H, W, C]}``; ``target`` defaults to the predicted class.
+  One compiled function for every specimen of the same shape. ``images``:
+  ``{modality: [1, H, W, C]}``; ``target`` defaults to the predicted class.
   """
-  base = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
-  def forward(perturbations):
+  def forward(base, images, perturbations):
     logits, state = model.apply(
       {**base, "perturbations": perturbations}, images, train=False, mutable=["intermediates"]
     )
     return logits[0], state["intermediates"]["features"][0]
 
-  feat_shape = jax.eval_shape(lambda: forward({"features": jnp.zeros((1, 1, 1, 1))}))[1]
-  zeros = {"features": jnp.zeros(feat_shape.shape, feat_shape.dtype)}
-
   @jax.jit
-  def run(zeros, target):
-    (logits, feats), vjp = jax.vjp(forward, zeros)
+  def run(base, images, target):
+    shape = jax.eval_shape(lambda: forward(base, images, {"features": jnp.zeros((1, 1, 1, 1))}))[1]
+    zeros = {"features": jnp.zeros(shape.shape, shape.dtype)}
+    (logits, feats), vjp = jax.vjp(lambda p: forward(base, images, p), zeros)
     cls = jnp.where(target < 0, jnp.argmax(logits), target)
     (grads,) = vjp(
       (jax.nn.one_hot(cls, logits.shape[0], dtype=logits.dtype), jnp.zeros_like(feats))
@@ -39,10 +38,14 @@ def gradcam(model, variables, images, *, target: int | None = None):
     weights = grads["features"][0].mean(axis=(0, 1))  # [C]
     cam = jax.nn.relu(jnp.einsum("hwc,c->hw", feats[0], weights))
     cam = cam / jnp.maximum(cam.max(), 1e-12)
-    return cam, jax.nn.softmax(logits), cls
+    h, w = next(iter(images.values())).shape[1:3]
+    return jax.image.resize(cam, (h, w), "bilinear"), jax.nn.softmax(logits), cls
 
-  cam, probs, cls = run(zeros, jnp.int32(-1 if target is None else target))
-  h, w = next(iter(images.values())).shape[1:3]
-  heat = jax.image.resize(cam, (h, w), "bilinear")
-  heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
-  return np.asarray(heat), np.asarray(probs), int(cls)
+  def gradcam(variables, images, target: int | None = None):
+    base = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    heat, probs, cls = run(base, images, jnp.int32(-1 if target is None else target))
+    heat = np.asarray(heat)
+    heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
+    return heat, np.asarray(probs), int(cls)
+
+  return gradcam

@@ -222,12 +222,11 @@ def cmd_gradcam(args) -> int:
       target = classes.index(args.target)
     if not 0 <= args.run < len(trained.variables):
       raise DataError(f"--run {args.run}: the workdir has {len(trained.variables)} run(s)")
+    explain = gradcam.make_gradcam(trained.model)
     for sid in args.specimen:
       split, ex = ds.find(sid, trained.spec.resolution)
       images = {k: v[None] for k, v in ex["images"].items()}
-      heat, probs, cls = gradcam.gradcam(
-        trained.model, trained.variables[args.run], images, target=target
-      )
+      heat, probs, cls = explain(trained.variables[args.run], images, target)
       out = pathlib.Path(args.out or args.workdir) / f"gradcam_{sid}.png"
       overlay = "WL" if "WL" in ex["images"] else ds.modalities[0]
       plots.gradcam_panel(

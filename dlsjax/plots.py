@@ -134,13 +134,7 @@ def roc_micro(band: dict, auc: float, ci, path, *, title: str = "") -> None:
   fig, ax = plt.subplots(figsize=(4.2, 4.0))
   ax.fill_between(band["fpr"], band["low"], band["high"], alpha=0.25, label="95% CI")
   ax.plot(band["fpr"], band["tpr"], lw=1.8, label=f"micro AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
-  ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-  ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01))
-  ax.set_title(title or "micro-averaged ROC", fontsize=9)
-  ax.legend(loc="lower right", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish_roc(plt, fig, ax, title or "micro-averaged ROC", path)
 
 
 def roc_per_class(curves: dict[str, tuple], aucs: dict[str, float], path, *, title: str = ""):
@@ -149,9 +143,14 @@ def roc_per_class(curves: dict[str, tuple], aucs: dict[str, float], path, *, tit
   fig, ax = plt.subplots(figsize=(4.2, 4.0))
   for name, (fpr, tpr) in curves.items():
     ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {aucs[name]:.3f})")
+  _finish_roc(plt, fig, ax, title or "per-class ROC (one vs rest)", path)
+
+
+def _finish_roc(plt, fig, ax, title: str, path) -> None:
+  """Chance diagonal, axes, legend; save and close."""
   ax.plot([0, 1], [0, 1], "k--", lw=0.8)
   ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01))
-  ax.set_title(title or "per-class ROC (one vs rest)", fontsize=9)
+  ax.set_title(title, fontsize=9)
   ax.legend(loc="lower right", fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -118,12 +118,12 @@ def search(
       "continue, or use a new --workdir"
     )
   state = bilevel.init_state(spec, h, jax.random.PRNGKey(seed))
-  epoch, start, sums = 0, 0, dict.fromkeys(METRIC_KEYS, 0.0)
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    epoch, start, sums = meta["epoch"], meta["batch"], meta["sums"]
-    if meta.get("seed") != seed:
-      raise SearchError(f"{workdir}: checkpoint has seed {meta.get('seed')}, config has {seed}")
+  had_checkpoint = ckpt.latest_step() is not None
+  try:
+    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
+  except ValueError as e:
+    raise SearchError(str(e)) from None
+  if had_checkpoint:
     log.info("resuming at epoch %d, batch %d (step %d)", epoch + 1, start, int(state["step"]))
   elif resume:
     log.info("%s: no checkpoint, starting a new search", workdir)

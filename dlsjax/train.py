@@ -206,7 +206,7 @@ def train(
   if runs < 1:
     raise TrainError(f"--runs must be >= 1, got {runs}")
   workdir.mkdir(parents=True, exist_ok=True)
-  existing = sorted(p.name for p in workdir.glob("run*/checkpoints"))
+  existing = sorted(p.parent.name for p in workdir.glob("run*/checkpoints"))
   if existing and not resume:
     raise TrainError(
       f"{workdir}: has training checkpoints ({', '.join(existing)}); pass --resume to continue "
@@ -258,12 +258,8 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
   try:
     state = init_state(make_model(spec, choice, h, axis=None), h, jax.random.PRNGKey(seed))
-    epoch, start, sums = 0, 0, dict.fromkeys(METRIC_KEYS, 0.0)
-    if ckpt.latest_step() is not None:
-      state, meta = ckpt.restore(state)
-      epoch, start, sums = meta["epoch"], meta["batch"], meta["sums"]
-      if meta.get("seed") != seed:
-        raise TrainError(f"{run_dir}: checkpoint has seed {meta.get('seed')}, this run {seed}")
+    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
+    if (epoch, start) != (0, 0):
       if epoch >= h.epochs:
         log.info("%s: finished (%d epochs), kept", run_dir, epoch)
         return
@@ -377,7 +373,8 @@ def load(workdir, *, require_finished: bool = True) -> Trained:
   model = make_model(spec, choice, h, axis=None)
   template = jax.eval_shape(lambda: init_state(model, h, jax.random.PRNGKey(0)))
   variables, dirs = [], []
-  for run_dir in sorted(workdir.glob("run*"), key=lambda p: int(p.name[3:] or 0)):
+  numbered = [p for p in workdir.glob("run*") if p.name[3:].isdigit()]
+  for run_dir in sorted(numbered, key=lambda p: int(p.name[3:])):
     ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
     try:
       if ckpt.latest_step() is None:

@@ -24,10 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.num_classes = 2
   m.fl_stem = "off"
   m.resolution = 28  # the data's; the paper resizes its images to 64
-  m.c_sin_search = 8
-  m.c_sin_train = 32
-  s.epochs = 10
-  t.epochs = 40
+  m.c_sin_search = 4
+  m.c_sin_train = 16
+  s.epochs = 6
+  t.epochs = 20
   t.batch_size = 64
-  c.derive.max_images = 64
+  c.derive.max_images = 32
   return c
