@@ -116,8 +116,7 @@ def evaluate(
   out = pathlib.Path(out or workdir)
   out.mkdir(parents=True, exist_ok=True)
   trained = train.load(workdir)
-  if data_dir is None:
-    data_dir = json.loads((workdir / "train_run.json").read_text())["data_dir"]
+  data_dir = data_dir or trained.data_dir()
   classes = list(trained.description().classes)
   labels, probs, ids = predict_split(trained, data_dir, split)
   result = {

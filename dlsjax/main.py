@@ -200,7 +200,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
-  import json
   import pathlib
 
   from dlsjax import gradcam, plots, train
@@ -209,11 +208,7 @@ def cmd_gradcam(args) -> int:
 
   try:
     trained = train.load(args.workdir)
-    data_dir = (
-      args.data_dir
-      or json.loads((pathlib.Path(args.workdir) / "train_run.json").read_text())["data_dir"]
-    )
-    ds = dataset.load(data_dir)
+    ds = dataset.load(args.data_dir or trained.data_dir())
     classes = list(ds.desc.classes)
     target = None
     if args.target is not None:

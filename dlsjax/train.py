@@ -354,6 +354,10 @@ class Trained:
 
     return folder.Description.from_dict(self.dataset_meta["description"])
 
+  def data_dir(self) -> str:
+    """The dataset the runs were trained on (recorded by ``train``)."""
+    return json.loads((self.workdir / "train_run.json").read_text())["data_dir"]
+
   def build_options(self) -> builder.BuildOptions:
     return builder.BuildOptions(**self.dataset_meta["options"])
 
