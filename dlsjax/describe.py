@@ -138,6 +138,21 @@ def describe_derived(
   return out
 
 
+def describe_module(model, *, compile_: bool = False) -> dict:
+  """Parameters and FLOPs of any network module with a ``spec`` (the baselines)."""
+  spec = model.spec
+  shapes = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
+  images = supernet.dummy_images(spec, 1)
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def fwd(variables, images):
+    return model.apply(variables, images, train=False)
+
+  facts = _forward_facts(fwd, (variables, images), compile_)
+  facts["flops_per_image"] = _flops(fwd, (variables, images))
+  return {"kind": type(model).__name__, "params": count_params(shapes["params"]), **facts}
+
+
 def format_table(d: dict) -> str:
   rows = []
   for k, v in d.items():

@@ -8,7 +8,8 @@ confusion matrix of the runs' predictions concatenated. Model columns:
 parameters (M), FLOPs (G, XLA's count: 2 per multiply-add) and throughput
 (images/s at batch 128 on this machine's first device).
 
-Writes ``metrics.json``, ``predictions.csv``, ``roc_micro.png``,
+Writes ``metrics.json``, ``predictions.csv``, ``probabilities.npz`` (labels and
+every run's probabilities), ``roc_micro.png``,
 ``roc_per_class.png`` and ``confusion.png`` to the workdir (or ``out``).
 """
 
@@ -86,7 +87,10 @@ def summarise(labels, probs_runs, *, trials: int = 1000, seed: int = 0) -> dict:
 
 
 def model_facts(trained: train.Trained, *, batch: int = 128, batches: int = 10) -> dict:
-  d = describe.describe_derived(trained.spec, trained.choice, compile_=False)
+  if trained.choice is not None:
+    d = describe.describe_derived(trained.spec, trained.choice, compile_=False)
+  else:
+    d = describe.describe_module(trained.model)
   return {
     "params_m": d["params"] / 1e6,
     "flops_g": (d["flops_per_image"] or 0) / 1e9,
@@ -128,6 +132,8 @@ def evaluate(
   }
   (out / "metrics.json").write_text(json.dumps(result, indent=2))
   _write_predictions(out / "predictions.csv", ids, labels, probs, classes)
+  # Every run's probabilities, for comparison figures (dlsjax experiment).
+  np.savez(out / "probabilities.npz", labels=labels, probs=probs)
 
   pooled_labels = np.tile(labels, len(probs))
   pooled_probs = np.concatenate(list(probs))

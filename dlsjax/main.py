@@ -7,6 +7,7 @@ import ast
 import json
 import logging
 import os
+import pathlib
 import sys
 
 SEARCH_SPACES = {"paper": "paper", "darts_cifar": "darts_cifar"}
@@ -26,10 +27,17 @@ def parse_override(text: str):
   return key.strip(), value
 
 
-def load_config(name: str, overrides: list[str] | None = None):
+def load_config(name: str, overrides: list[str] | None = None, model: str | None = None):
+  """A named config, then the ``--model`` preset (models.py), then ``--set`` overrides."""
+  from dlsjax import models
   from dlsjax.configs import get_config
 
   cfg = get_config(name)
+  if model is not None:
+    try:
+      models.apply_preset(cfg, model)
+    except ValueError as e:
+      raise SystemExit(f"--model: {e}") from None
   for text in overrides or []:
     key, value = parse_override(text)
     node = cfg
@@ -128,7 +136,7 @@ def cmd_search(args) -> int:
   from dlsjax import search
   from dlsjax.data.folder import DataError
 
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, args.set, args.model)
   try:
     search.search(cfg, args.data_dir, args.workdir, resume=args.resume, stop_after=args.stop_after)
   except (DataError, search.SearchError) as e:
@@ -167,7 +175,7 @@ def cmd_train(args) -> int:
   from dlsjax import train
   from dlsjax.data.folder import DataError
 
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, args.set, args.model)
   if "train" not in cfg:
     raise SystemExit(f"train: config {args.config!r} has no train section (try paper_train)")
   try:
@@ -261,6 +269,25 @@ def cmd_demo(args) -> int:
   return 0
 
 
+def cmd_experiment(args) -> int:
+  from dlsjax import derive, experiment, search, train
+  from dlsjax.data.folder import DataError
+
+  try:
+    out = experiment.run_table(
+      args.table, args.data_dir, args.workdir, budget=args.budget, runs=args.runs,
+      pretrained=args.pretrained,
+    )  # fmt: skip
+  except (
+    DataError, experiment.ExperimentError, search.SearchError, derive.DeriveError,
+    train.TrainError,
+  ) as e:  # fmt: skip
+    raise SystemExit(f"experiment {args.table}: {e}") from None
+  print(pathlib.Path(out["files"][0]).read_text())
+  print("wrote " + ", ".join(out["files"]))
+  return 0
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--set",
@@ -331,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, metrics, figures)")
   p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
+  p.add_argument("--model", choices=["dls_darts", "mmnas"], help="search space preset (models.py)")
   _add_set(p)
   p.set_defaults(func=cmd_search)
 
@@ -342,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
   _add_set(p)
   p.set_defaults(func=cmd_derive)
 
-  p = sub.add_parser("train", help="train the derived network of a genotype (--runs seeds)")
-  p.add_argument("--genotype", required=True, help="genotype.json (from `dlsjax derive`)")
+  p = sub.add_parser("train", help="train a derived network or a baseline (--runs seeds)")
+  p.add_argument(
+    "--model",
+    help="dls_darts (default) | mmnas (both need --genotype) | resnet18 | efficientnet_b0 | "
+    "pyramidnet_shakedrop",
+  )
+  p.add_argument("--genotype", help="genotype.json (from `dlsjax derive`) of a searched model")
   p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
   p.add_argument("--workdir", required=True, help="training folder (runs, checkpoints)")
   p.add_argument("--config", default="paper_train", help="config name (paper_train | demo | ...)")
@@ -376,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("specimens", nargs="+", help="folders named by specimen id, one image/modality")
   p.add_argument("--out", help="also write the JSON here")
   p.set_defaults(func=cmd_predict)
+
+  p = sub.add_parser("experiment", help="the paper's Tables I-VI (search, train, evaluate rows)")
+  p.add_argument("table", choices=["table1", "table2", "table3", "table4", "table5", "table6"])
+  p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
+  p.add_argument("--workdir", required=True, help="experiment folder (shared by the tables)")
+  p.add_argument(
+    "--budget",
+    default="paper",
+    choices=["paper", "demo", "tiny"],
+    help="paper: the paper's settings; demo: a table in < 30 min on 2 CPU cores",
+  )
+  p.add_argument("--runs", type=int, help="seeds per row (default: paper 5, demo 1)")
+  p.add_argument("--pretrained", help="orbax checkpoint of ImageNet EfficientNet-B0 weights")
+  p.set_defaults(func=cmd_experiment)
 
   p = sub.add_parser("demo", help="synthesise -> build -> search -> derive -> train -> evaluate")
   p.add_argument("--workdir", default="runs/demo")

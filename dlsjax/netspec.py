@@ -147,6 +147,11 @@ def dls_cells(k_r: int, k: int) -> tuple[str, ...]:
   return ("reduce", *("normal",) * k) * k_r
 
 
+def mmnas_cells(k_r: int) -> tuple[str, ...]:
+  """MMNAS: one normal cell fusing the modalities, then reduction cells only (models.py)."""
+  return ("normal", *("reduce",) * k_r)
+
+
 def darts_cells(layers: int) -> tuple[str, ...]:
   """DARTS layout: reductions at ``layers // 3`` and ``2 * layers // 3``."""
   red = {layers // 3, 2 * layers // 3}
@@ -168,8 +173,10 @@ def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
     cells = dls_cells(m.k_r, k)
   elif m.layout == "darts":
     cells = darts_cells(m.layers_search if phase == "search" else m.layers_train)
+  elif m.layout == "mmnas":
+    cells = mmnas_cells(m.k_r)
   else:
-    raise ValueError(f"config.model.layout must be 'dls' or 'darts', got {m.layout!r}")
+    raise ValueError(f"config.model.layout must be 'dls', 'darts' or 'mmnas', got {m.layout!r}")
   modalities = tuple(
     Modality(d["name"], int(d.get("channels", 3)), bool(d.get("fluorescence", False)))
     for d in m.modalities

@@ -146,6 +146,15 @@ def roc_per_class(curves: dict[str, tuple], aucs: dict[str, float], path, *, tit
   _finish_roc(plt, fig, ax, title or "per-class ROC (one vs rest)", path)
 
 
+def roc_comparison(curves: dict[str, tuple], path, *, title: str = "") -> None:
+  """Several models' micro-averaged ROC curves on one plot (paper Fig. 3 c, d)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.6, 4.4))
+  for label, (fpr, tpr) in curves.items():
+    ax.plot(fpr, tpr, lw=1.4, label=label)
+  _finish_roc(plt, fig, ax, title or "micro-averaged ROC", path)
+
+
 def _finish_roc(plt, fig, ax, title: str, path) -> None:
   """Chance diagonal, axes, legend; save and close."""
   ax.plot([0, 1], [0, 1], "k--", lw=0.8)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlsjax import checkpoint, derived_net, genotype, losses, netspec, optim, sharding
+from dlsjax import checkpoint, derived_net, genotype, losses, models, netspec, optim, sharding
 from dlsjax.data import builder, dataset, pipeline
 from dlsjax.network import Network
 
@@ -86,14 +86,21 @@ def optimizer(h: TrainHParams) -> optax.GradientTransformation:
   )
 
 
-def make_model(spec: netspec.NetworkSpec, choice, h: TrainHParams, *, axis: str | None = AXIS):
-  """The derived network, BatchNorm statistics synchronised over ``axis``."""
-  return derived_net.make_derived_net(spec, choice, aux_head=h.aux_head, bn_axis_name=axis)
+def make_model(config, spec: netspec.NetworkSpec, choice, h: TrainHParams, *, axis=AXIS):
+  """``config.model.arch`` (the derived network or a baseline), BN synchronised over ``axis``."""
+  return models.build(config, spec, choice, aux_head=h.aux_head, bn_axis_name=axis)
 
 
-def init_state(model: Network, h: TrainHParams, rng) -> dict:
-  """``{"params", "batch_stats", "opt", "step"}``, one jitted call."""
+def init_state(model: Network, h: TrainHParams, rng, *, pretrained: str = "") -> dict:
+  """``{"params", "batch_stats", "opt", "step"}``, one jitted call.
+
+  ``pretrained``: an orbax checkpoint loaded over the fresh weights (baselines only).
+  """
   variables = derived_net.init(model, rng)
+  if pretrained:
+    from dlsjax import baselines
+
+    variables, _ = baselines.load_pretrained(variables, pretrained)
   return {
     **variables,
     "opt": jax.jit(optimizer(h).init)(variables["params"]),
@@ -169,11 +176,21 @@ def train_spec(config) -> netspec.NetworkSpec:
 
 
 def load_choice(genotype_path, spec: netspec.NetworkSpec) -> tuple[genotype.Genotype, dict]:
+  if genotype_path is None:
+    raise TrainError("this model is derived from a search: pass --genotype SEARCH/genotype.json")
   try:
     geno = genotype.Genotype.load(genotype_path)
     return geno, geno.to_choice(spec.topologies(), spec.op_set)
   except (OSError, genotype.GenotypeError) as e:
     raise TrainError(f"{genotype_path}: {e}") from None
+
+
+def pretrained_path(config) -> str:
+  """A baseline's ``pretrained`` checkpoint ("" when none or not a baseline)."""
+  name = models.arch(config)
+  if models.needs_genotype(name):
+    return ""
+  return str(models.baseline_overrides(config, name).get("pretrained", "") or "")
 
 
 def run_dirs(workdir, runs: int) -> list[pathlib.Path]:
@@ -200,7 +217,12 @@ def train(
   sharding.maybe_initialize_distributed(config.train.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
   spec = train_spec(config)
-  geno, choice = load_choice(genotype_path, spec)
+  name = models.arch(config)
+  geno, choice = None, None
+  if models.needs_genotype(name):
+    geno, choice = load_choice(genotype_path, spec)
+  elif genotype_path is not None:
+    raise TrainError(f"model {name!r} is not searched: drop --genotype")
   ds = dataset.load(data_dir)
   check_data_matches_model(ds, spec)
   if runs < 1:
@@ -213,7 +235,8 @@ def train(
       "(finished runs are kept), or use a new --workdir"
     )
   (workdir / "config.json").write_text(config.to_json(indent=2))
-  geno.save(workdir / "genotype.json")
+  if geno is not None:
+    geno.save(workdir / "genotype.json")
   shutil.copyfile(ds.data_dir / builder.METADATA, workdir / "dataset.json")
   (workdir / "train_run.json").write_text(
     json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve()), "runs": runs})
@@ -246,7 +269,7 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
     )
   h = TrainHParams.from_config(tc, steps_per_epoch)
   aug = pipeline.Augment.from_config(tc)
-  model = make_model(spec, choice, h)
+  model = make_model(config, spec, choice, h)
   runner = sharding.Runner(
     make_train_step(model, h),
     mode=tc.get("parallel", "pmap"),
@@ -257,7 +280,9 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
   try:
-    state = init_state(make_model(spec, choice, h, axis=None), h, jax.random.PRNGKey(seed))
+    pretrained = pretrained_path(config)
+    model0 = make_model(config, spec, choice, h, axis=None)
+    state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
     state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
     if (epoch, start) != (0, 0):
       if epoch >= h.epochs:
@@ -342,9 +367,9 @@ class Trained:
   workdir: pathlib.Path
   config: object
   spec: netspec.NetworkSpec
-  genotype: genotype.Genotype
-  choice: dict
-  model: Network  # no BN axis: plain inference
+  genotype: genotype.Genotype | None  # None for a baseline
+  choice: dict | None
+  model: Network  # no BN axis: plain inference; a baseline's module for a baseline
   variables: list[dict]  # one {"params", "batch_stats"} per run
   run_dirs: list[pathlib.Path]
   dataset_meta: dict
@@ -372,9 +397,11 @@ def load(workdir, *, require_finished: bool = True) -> Trained:
     raise TrainError(f"{workdir}: not a training workdir (no config.json); run `dlsjax train`")
   config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
   spec = train_spec(config)
-  geno, choice = load_choice(workdir / "genotype.json", spec)
+  geno, choice = None, None
+  if models.needs_genotype(models.arch(config)):
+    geno, choice = load_choice(workdir / "genotype.json", spec)
   h = TrainHParams.from_config(config.train, 1)
-  model = make_model(spec, choice, h, axis=None)
+  model = make_model(config, spec, choice, h, axis=None)
   template = jax.eval_shape(lambda: init_state(model, h, jax.random.PRNGKey(0)))
   variables, dirs = [], []
   numbered = [p for p in workdir.glob("run*") if p.name[3:].isdigit()]

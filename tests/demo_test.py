@@ -27,6 +27,7 @@ def test_tiny_demo_pipeline_then_resume_runs_gradcam_predict(tmp_path_factory, t
   check_report(w)
   check_train_resume_and_runs(w, tmp_path)
   check_gradcam_and_predict(w, tmp_path, capsys)
+  check_experiment_table3_and_a_baseline(w, tmp_path, capsys)
 
 
 def check_report(w):
@@ -156,3 +157,57 @@ def check_gradcam_and_predict(w, tmp_path, capsys):
   (broken / first.name).write_bytes(first.read_bytes())
   code, _ = main_in_process(capsys, "predict", "--workdir", str(t), str(broken))
   assert "predict:" in str(code) and "S_broken" in str(code)
+
+
+def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
+  """``dlsjax experiment table3 --budget tiny`` on the demo's data (its compiled search, MPDS and
+  training steps are in the compilation cache), rerun without recomputing; a baseline via
+  ``train --model``."""
+  import time
+
+  from dlsjax import experiment
+
+  exp = tmp_path / "exp"
+  code, out = main_in_process(capsys, "experiment", "table3", "--data-dir", str(w / "data_built"),
+                              "--workdir", str(exp), "--budget", "tiny")  # fmt: skip
+  assert code == 0, out
+  md = (exp / "table3.md").read_text()
+  rows = [line for line in md.splitlines() if line.startswith("| ")]
+  assert rows[0].startswith("| Ablation Part | ACC | Δ ACC | AUC | Δ AUC |")
+  labels = [r.split(" | ")[0][2:] for r in rows[1:]]
+  assert labels == ["DLS-DARTS", "- MPDS", "- Fusing Stem", "- FL Stem", "- Learnable Stems"]
+  assert rows[1].split(" | ")[2] == "+0.000"  # Δ of the reference row
+  assert "`train.epochs` | 110 | 2 |" in md  # the budget's reductions are stated
+  recs = list(__import__("csv").DictReader((exp / "table3.csv").open()))
+  assert [r["status"] for r in recs] == ["done"] * 5
+  for r in recs:
+    assert float(r["acc_lo"]) <= float(r["acc"]) <= float(r["acc_hi"])
+  # One search serves every row; MPDS and argmax genotypes differ in source.
+  assert len(list((exp / "searches").iterdir())) == 1
+  assert recs[0]["genotype"].endswith("genotype_mpds.json")
+  assert recs[1]["genotype"].endswith("genotype_argmax.json")
+  # The tiny budget's stems already concatenate: the stem ablations are the DLS-DARTS row itself,
+  # trained once.
+  assert {r["dir"] for r in recs[2:]} == {recs[0]["dir"]}
+  stamps = {p: p.stat().st_mtime for p in exp.glob("rows/*/row.json")}
+  assert len(stamps) == 2
+  t0 = time.perf_counter()
+  assert experiment.run_table("table3", w / "data_built", exp, budget="tiny", progress=False)
+  assert time.perf_counter() - t0 < 60
+  assert {p: p.stat().st_mtime for p in exp.glob("rows/*/row.json")} == stamps  # nothing redone
+
+  # A baseline through `train --model`, evaluated like the NAS model.
+  t = tmp_path / "resnet" / "train"
+  code, out = main_in_process(
+    capsys, "train", "--model", "resnet18", "--config", "experiment:tiny", "--data-dir",
+    str(w / "data_built"), "--workdir", str(t), "--set", "train.epochs=1",
+  )  # fmt: skip
+  assert code == 0, out
+  result = evaluate.evaluate(t, trials=20, throughput_batches=0)
+  assert 0 <= result["pooled"]["auc_micro"] <= 1 and not (t / "genotype.json").exists()
+  assert result["model"]["params_m"] > 0 and result["model"]["flops_g"] > 0
+  experiment.plot_comparison(
+    [{"label": "resnet18", "status": "done", "dir": "resnet", "runs": 1, "mean": result["mean"]}],
+    tmp_path, tmp_path / "roc.png", title="x",
+  )  # fmt: skip
+  assert (tmp_path / "roc.png").stat().st_size > 5_000

@@ -12,6 +12,7 @@ CONFIGS = {
   "darts_cifar_train": "train_darts_cifar",
   "demo": "demo",
   "breastmnist": "breastmnist",
+  "experiment": "experiment",  # experiment:paper | experiment:demo | experiment:tiny
 }
 
 

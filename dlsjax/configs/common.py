@@ -14,8 +14,12 @@ PAPER_CLASSES = ("I", "II", "III", "IV")
 
 def paper_model() -> ml_collections.ConfigDict:
   """DLS-DARTS macro structure: every value is the paper's (Section III-B)."""
+  from dlsjax import baselines
+
   m = ml_collections.ConfigDict()
-  m.layout = "dls"  # reduction-first groups: K_r x (reduction + K normal cells)
+  # dls_darts | mmnas | resnet18 | efficientnet_b0 | pyramidnet_shakedrop (dlsjax/models.py)
+  m.arch = "dls_darts"
+  m.layout = "dls"  # reduction-first groups: K_r x (reduction + K normal cells); mmnas
   m.modalities = [dict(d) for d in PAPER_MODALITIES]  # each mode has 3 channels
   m.num_classes = len(PAPER_CLASSES)
   m.c_sin_search = 48  # C_sin during search
@@ -44,6 +48,8 @@ def paper_model() -> ml_collections.ConfigDict:
   m.darts_c_search = 16
   m.darts_c_train = 36
   m.darts_stem_multiplier = 3
+  # The comparison CNNs' hyper-parameters (model.arch = their name; dlsjax/baselines/).
+  m.baselines = baselines.default_configs()
   return m
 
 
