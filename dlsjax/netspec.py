@@ -142,6 +142,23 @@ class NetworkSpec:
       )
 
 
+def modality_images(spec: NetworkSpec, images) -> list:
+  """``images[m.name]`` for every modality of ``spec`` in order, checked: present, ``[B, H, W, C]``
+  with the modality's channels, one batch and spatial size for all (a clear error otherwise)."""
+  out = []
+  for m in spec.modalities:
+    if m.name not in images:
+      raise ValueError(f"missing modality {m.name!r}; got {sorted(images)}")
+    x = images[m.name]
+    if x.ndim != 4 or x.shape[-1] != m.channels:
+      raise ValueError(f"modality {m.name!r}: expected [B, H, W, {m.channels}], got {x.shape}")
+    out.append(x)
+  shapes = {m.name: x.shape for m, x in zip(spec.modalities, out, strict=True)}
+  if len({s[:3] for s in shapes.values()}) != 1:
+    raise ValueError(f"modalities have mismatched batch/spatial sizes: {shapes}")
+  return out
+
+
 def dls_cells(k_r: int, k: int) -> tuple[str, ...]:
   """``K_r`` groups of one reduction cell followed by ``K`` normal cells (reduction first)."""
   return ("reduce", *("normal",) * k) * k_r

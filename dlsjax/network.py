@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from dlsjax import layers
 from dlsjax.cells import DerivedDAG, MixedDAG
 from dlsjax.layers import BatchNorm, OpContext
-from dlsjax.netspec import NetworkSpec
+from dlsjax.netspec import NetworkSpec, modality_images
 from dlsjax.ops import FactorizedReduce, ReLUConvBN
 from dlsjax.topology import Topology
 
@@ -176,16 +176,8 @@ class Network(nn.Module):
 
     # Manual stems.
     feats = {}
-    for m in spec.modalities:
-      if m.name not in images:
-        raise ValueError(f"missing modality {m.name!r}; got {sorted(images)}")
-      x = images[m.name]
-      if x.ndim != 4 or x.shape[-1] != m.channels:
-        raise ValueError(f"modality {m.name!r}: expected [B, H, W, {m.channels}], got {x.shape}")
+    for m, x in zip(spec.modalities, modality_images(spec, images), strict=True):
       feats[m.name] = ManualStem(spec.c_sin, ctx, name=f"stem_{m.name}")(x)
-    shapes = {k: v.shape for k, v in feats.items()}
-    if len({s[:3] for s in shapes.values()}) != 1:
-      raise ValueError(f"modalities have mismatched batch/spatial sizes: {shapes}")
 
     # Fusing Stem and FL Stem.
     c_out = spec.stem_out_channels

@@ -1,5 +1,9 @@
 """Training of the derived (NAS-based) network: ``train(config, genotype, data_dir, workdir)``.
 
+``config.model.arch`` picks the model (``dlsjax/models.py``): the derived
+DLS-DARTS or MMNAS network of ``genotype``, or a baseline CNN (``genotype``
+None); all are trained by the same loop below.
+
 Paper Section III-B: the derived network (``K_train`` normal cells per group,
 ``C_sin`` 144) is re-initialised and trained on the whole training split (both
 search halves) with SGD (momentum 0.9, weight decay 1e-5, cosine to 1e-5 per

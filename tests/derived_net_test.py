@@ -9,6 +9,7 @@ from supernet_test import random_images
 
 from dlsjax import derived_net, genotype, ops, supernet
 from dlsjax.genotype import Genotype
+from dlsjax.netspec import Modality
 
 
 @pytest.mark.heavy
@@ -68,7 +69,10 @@ def _test_nor_conv_7x7(C, stride, ctx):
 @pytest.mark.heavy
 def test_registered_op_can_be_searched_and_derived():
   op_set = ("none", "skip_connect", "test_nor_conv_7x7", "max_pool_3x3")
-  spec = tiny_spec(op_set=op_set)
+  # Cells only (one modality, no learnable stems): a third of the step's compile time.
+  spec = tiny_spec(
+    op_set=op_set, modalities=(Modality("WL", 3, False),), fusing_stem="identity", fl_stem="off"
+  )
   v = supernet.init(spec, jax.random.PRNGKey(0))
   alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))
   masks = supernet.init_masks(spec)
@@ -100,7 +104,7 @@ def test_registered_op_can_be_searched_and_derived():
     losses.append(float(loss_value))
   assert losses[-1] < losses[0]
   k_new = op_set.index("test_nor_conv_7x7")
-  assert all(params["fusing_stem"]["dag"]["run0_test_nor_conv_7x7"] for _ in [0])
+  assert any("test_nor_conv_7x7" in k for k in params["cell0"]["dag"])
   # Favour the new op on every edge, derive: the genotype contains it.
   favoured = {p: a.at[:, k_new].add(5.0) for p, a in alphas.items()}
   choice = genotype.derive_argmax(favoured, spec.topologies(), op_set)

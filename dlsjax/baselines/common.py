@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlsjax.netspec import modality_images
+
 
 def concat_modalities(spec, images, input_size: int = 0):
   """The modalities concatenated on channels in ``spec`` order (paper: WL, NIR-I, NIR-II = 9).
@@ -16,18 +18,7 @@ def concat_modalities(spec, images, input_size: int = 0):
   (the "natural" resolution of an ImageNet CNN; the paper's FLOPs of ResNet-18
   and EfficientNet-B0 are those of 224 x 224 inputs).
   """
-  parts = []
-  for m in spec.modalities:
-    if m.name not in images:
-      raise ValueError(f"missing modality {m.name!r}; got {sorted(images)}")
-    x = images[m.name]
-    if x.ndim != 4 or x.shape[-1] != m.channels:
-      raise ValueError(f"modality {m.name!r}: expected [B, H, W, {m.channels}], got {x.shape}")
-    parts.append(x)
-  shapes = {tuple(p.shape[:3]) for p in parts}
-  if len(shapes) != 1:
-    raise ValueError(f"modalities have mismatched batch/spatial sizes: {sorted(shapes)}")
-  x = jnp.concatenate(parts, axis=-1)
+  x = jnp.concatenate(modality_images(spec, images), axis=-1)
   if input_size and input_size != x.shape[1]:
     b, _, _, c = x.shape
     x = jax.image.resize(x, (b, input_size, input_size, c), "bilinear")
@@ -44,6 +35,11 @@ def batch_norm(train: bool, axis_name: str | None, **kw):
     axis_name=axis_name if train else None,
     **kw,
   )
+
+
+def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+  """A bias-free ``kernel`` x ``kernel`` convolution with "same" padding (PyTorch's layout)."""
+  return nn.Conv(features, (kernel, kernel), stride, padding=kernel // 2, use_bias=False, name=name)
 
 
 def head(module: nn.Module, x, num_classes: int):

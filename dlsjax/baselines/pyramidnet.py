@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dlsjax.baselines.common import batch_norm, concat_modalities, head
+from dlsjax.baselines.common import batch_norm, concat_modalities, conv, head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,6 @@ class PyramidBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     bn = batch_norm(self.train, self.axis_name)
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), s, padding=k // 2, use_bias=False, name=name)  # noqa: E731
     y = bn(name="bn1")(x)
     if self.bottleneck:
       y = nn.relu(bn(name="bn2")(conv(self.planes, 1, 1, "conv1")(y)))

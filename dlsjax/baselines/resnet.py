@@ -11,7 +11,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from dlsjax.baselines.common import batch_norm, concat_modalities, head
+from dlsjax.baselines.common import batch_norm, concat_modalities, conv, head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,6 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     bn = batch_norm(self.train, self.axis_name)
-    conv = lambda f, k, s, name: nn.Conv(f, (k, k), s, padding=k // 2, use_bias=False, name=name)  # noqa: E731
     y = nn.relu(bn(name="bn1")(conv(self.features, 3, self.stride, "conv1")(x)))
     y = bn(name="bn2", scale_init=nn.initializers.ones)(conv(self.features, 3, 1, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
