@@ -311,6 +311,7 @@ def run_row(row: Row, base, ds, w: pathlib.Path, *, runs: int, progress: bool) -
   search_cfg, train_cfg = row_configs(row, base)
   geno_path = None
   source = None
+  s_dir = None
   if search_cfg is not None:
     s_dir = ensure_search(search_cfg, ds, w, progress=progress)
     geno_path = ensure_genotype(search_cfg, s_dir, ds, progress=progress)
@@ -348,7 +349,8 @@ def run_row(row: Row, base, ds, w: pathlib.Path, *, runs: int, progress: bool) -
     "mean": result["mean"],
     "pooled_ci": {k: result["pooled"]["ci"][k] for k in ("acc", "auc_micro")},
     "model": result["model"],
-    "seconds": round(time.perf_counter() - t0, 1),
+    "seconds": round(time.perf_counter() - t0, 1),  # training + evaluation of this row
+    "search_seconds": search_seconds(s_dir) if s_dir is not None else {},
   }
   done.write_text(json.dumps(record, indent=2))
   return record
@@ -361,8 +363,23 @@ def ensure_search(cfg, ds, w: pathlib.Path, *, progress: bool) -> pathlib.Path:
   s_dir = w / "searches" / search_key(cfg)
   if not (s_dir / "alphas.npz").is_file():
     log.info("search %s ...", s_dir)
+    t0 = time.perf_counter()
     search.search(cfg, ds.data_dir, s_dir, resume=True, progress=progress)
+    _add_seconds(s_dir, "search", t0)
   return s_dir
+
+
+def _add_seconds(s_dir: pathlib.Path, stage: str, t0: float) -> None:
+  """Wall seconds of a search-side stage (this call; a resumed stage counts its last call)."""
+  path = s_dir / "experiment_seconds.json"
+  seconds = json.loads(path.read_text()) if path.is_file() else {}
+  seconds[stage] = round(time.perf_counter() - t0, 1)
+  path.write_text(json.dumps(seconds, indent=2))
+
+
+def search_seconds(s_dir: pathlib.Path) -> dict:
+  path = s_dir / "experiment_seconds.json"
+  return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def ensure_genotype(cfg, s_dir: pathlib.Path, ds, *, progress: bool) -> pathlib.Path:
@@ -374,7 +391,9 @@ def ensure_genotype(cfg, s_dir: pathlib.Path, ds, *, progress: bool) -> pathlib.
     return s_dir / "genotype_argmax.json"
   out = s_dir / f"genotype_{method}.json"
   if not out.is_file():
+    t0 = time.perf_counter()
     derive.derive(s_dir, data_dir=ds.data_dir, method=method, progress=progress)
+    _add_seconds(s_dir, f"derive_{method}", t0)
     (s_dir / "genotype.json").replace(out)
     log_path = s_dir / "derivation_log.json"
     if log_path.is_file():
