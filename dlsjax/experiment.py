@@ -465,6 +465,7 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
       acc=m["acc"], acc_std=m["acc_std"], acc_lo=ci["acc"][0], acc_hi=ci["acc"][1],
       auc=m["auc_micro"], auc_std=m["auc_micro_std"], auc_lo=ci["auc_micro"][0],
       auc_hi=ci["auc_micro"][1], dir=r["dir"], genotype=r["genotype"], seconds=r["seconds"],
+      search_and_derive_seconds=sum(r.get("search_seconds", {}).values()),
     )  # fmt: skip
     csv_rows.append(rec)
   trials = base.evaluate.bootstrap
