@@ -10,7 +10,7 @@ and ``.csv`` in the paper's columns, plus the ROC comparison figure of
 Tables I and II (Fig. 3 c, d).
 
 Resumable per row: searches live in ``EXP/searches/<hash of the search
-config>/`` and rows in ``EXP/rows/<label>-<hash of the row config>/``; a row
+config>/`` and rows in ``EXP/rows/<hash of the trained config and genotype>/``; a row
 with ``row.json`` is finished and never recomputed (another table with the
 same row, e.g. DLS-DARTS in Tables I, III, IV, reuses it), and an interrupted
 search or training continues from its checkpoints.
@@ -250,11 +250,6 @@ def _hash(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _slug(label: str) -> str:
-  s = "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
-  return "_".join(p for p in s.split("_") if p) or "row"
-
-
 def rows_for(table: Table, base) -> tuple[Row, ...]:
   """The table's rows; Table II gets one single-modality row per modality of the dataset."""
   if table.name != "table2":
@@ -316,13 +311,14 @@ def run_row(row: Row, base, ds, w: pathlib.Path, *, runs: int, progress: bool) -
     s_dir = ensure_search(search_cfg, ds, w, progress=progress)
     geno_path = ensure_genotype(search_cfg, s_dir, ds, progress=progress)
     source = str(geno_path.relative_to(w))
-  row_dir = w / "rows" / f"{_slug(row.label)}-{_hash([train_cfg.to_dict(), source])}"
+  # Named by what is trained, not by the label: identical rows of any table share one folder.
+  row_dir = w / "rows" / _hash([train_cfg.to_dict(), source])
   done = row_dir / "row.json"
   if done.is_file():
     record = json.loads(done.read_text())
     if record.get("runs") == runs:
       log.info("row %s: finished, kept (%s)", row.label, row_dir)
-      return record
+      return {**record, "label": row.label}
   row_dir.mkdir(parents=True, exist_ok=True)
   if geno_path is not None and row.drop_parts:
     g = genotype.Genotype.load(geno_path)
