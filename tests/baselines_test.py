@@ -92,7 +92,6 @@ def test_shakedrop_forward_and_backward_coefficients_differ():
   "name,overrides",
   [
     ("resnet18", dict(stem="cifar", input_size=0, width=4, stage_blocks=(1, 1))),
-    ("resnet18", dict(width=4, stage_blocks=(1, 1), input_size=32)),
     ("pyramidnet_shakedrop", dict(depth=11, alpha=12.0)),
   ],
 )
