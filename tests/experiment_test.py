@@ -32,8 +32,8 @@ def test_paper_budget_is_the_papers_settings():
   assert experiment.budget_reductions(cfg) == []
   demo = get_config("experiment", "demo")
   reduced = {k: (a, b) for k, a, b in experiment.budget_reductions(demo)}
-  assert reduced["train.epochs"] == ("110", "8") and reduced["experiment.runs"] == ("5", "1")
-  assert reduced["model.baselines.pyramidnet_shakedrop.depth"] == ("272", "29")
+  assert reduced["train.epochs"] == ("110", "5") and reduced["experiment.runs"] == ("5", "1")
+  assert reduced["model.baselines.pyramidnet_shakedrop.depth"] == ("272", "20")
   with pytest.raises(ValueError, match="budget"):
     get_config("experiment", "huge")
 
