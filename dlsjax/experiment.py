@@ -178,12 +178,7 @@ def base_config(budget: str, ds, *, pretrained: str | None = None):
   cfg.model.modalities = mods
   cfg.model.num_classes = len(ds.desc.classes)
   cfg.classes = list(ds.desc.classes)
-  if ds.opts.preprocess == "build" and ds.opts.resolution != cfg.model.resolution:
-    raise ExperimentError(
-      f"{ds.data_dir}: built at {ds.opts.resolution} px, the {budget} budget's model.resolution "
-      f"is {cfg.model.resolution}: rebuild the dataset at {cfg.model.resolution} "
-      "(`dlsjax data build ... --set model.resolution=...`)"
-    )
+  ds.check_resolution(cfg.model.resolution)  # before any search or training starts
   if pretrained:
     cfg.model.baselines.efficientnet_b0.pretrained = str(pathlib.Path(pretrained).resolve())
   return cfg

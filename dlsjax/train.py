@@ -284,7 +284,8 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
   try:
-    pretrained = pretrained_path(config)
+    # Not loaded when a checkpoint exists: resume() replaces the initial state anyway.
+    pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
     model0 = make_model(config, spec, choice, h, axis=None)
     state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
     state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
