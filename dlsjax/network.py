@@ -39,7 +39,7 @@ class ManualStem(nn.Module):
   @nn.compact
   def __call__(self, x):
     c_in = x.shape[-1]
-    w = self.param("kernel", layers.conv_init(9 * c_in), (3, 3, c_in, self.C))
+    w = layers.param(self, "kernel", layers.conv_init(9 * c_in), (3, 3, c_in, self.C))
     return BatchNorm(OpContext(**{**self.ctx.__dict__, "affine": True}))(layers.conv(x, w))
 
 
@@ -114,9 +114,10 @@ class AuxHead(nn.Module):
     x = jax.nn.relu(x)
     x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 5, 5, 1), (1, 3, 3, 1), "VALID") / 25.0
     c = x.shape[-1]
-    x = layers.conv1x1(x, self.param("conv1", layers.conv_init(c), (c, 128)))
+    x = layers.conv1x1(x, layers.param(self, "conv1", layers.conv_init(c), (c, 128)))
     x = jax.nn.relu(BatchNorm(self.ctx)(x))
-    x = layers.conv(x, self.param("conv2", layers.conv_init(128 * 4), (2, 2, 128, 768)), padding=0)
+    w2 = layers.param(self, "conv2", layers.conv_init(128 * 4), (2, 2, 128, 768))
+    x = layers.conv(x, w2, padding=0)
     x = jax.nn.relu(BatchNorm(self.ctx)(x))
     return nn.Dense(self.num_classes, name="classifier")(x.reshape(x.shape[0], -1))
 

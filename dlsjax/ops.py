@@ -105,10 +105,10 @@ class ReLUConvBN(nn.Module):
     k = self.kernel
     x = jax.nn.relu(x)
     if k == 1:
-      w = self.param("kernel", layers.conv_init(c_in), (c_in, self.C_out))
+      w = layers.param(self, "kernel", layers.conv_init(c_in), (c_in, self.C_out))
       x = layers.conv1x1(x, w, stride=self.stride)
     else:
-      w = self.param("kernel", layers.conv_init(c_in * k * k), (k, k, c_in, self.C_out))
+      w = layers.param(self, "kernel", layers.conv_init(c_in * k * k), (k, k, c_in, self.C_out))
       x = layers.conv(x, w, stride=self.stride, dilation=self.dilation)
     return BatchNorm(self.ctx)(x)
 
@@ -127,7 +127,7 @@ class DilConv(nn.Module):
     c_in = x.shape[-1]
     k = self.kernel
     x = jax.nn.relu(x)
-    dw = self.param("depthwise", layers.conv_init(k * k), (k, k, 1, c_in))
+    dw = layers.param(self, "depthwise", layers.conv_init(k * k), (k, k, 1, c_in))
     x = layers.depthwise_conv(
       x,
       dw,
@@ -135,7 +135,7 @@ class DilConv(nn.Module):
       dilation=self.dilation,
       impl=self.ctx.depthwise_impl,
     )
-    pw = self.param("pointwise", layers.conv_init(c_in), (c_in, self.C_out))
+    pw = layers.param(self, "pointwise", layers.conv_init(c_in), (c_in, self.C_out))
     x = layers.conv1x1(x, pw)
     return BatchNorm(self.ctx)(x)
 
@@ -168,8 +168,8 @@ class FactorizedReduce(nn.Module):
     c_in = x.shape[-1]
     half = self.C_out // 2
     x = jax.nn.relu(x)
-    w1 = self.param("kernel1", layers.conv_init(c_in), (c_in, half))
-    w2 = self.param("kernel2", layers.conv_init(c_in), (c_in, half))
+    w1 = layers.param(self, "kernel1", layers.conv_init(c_in), (c_in, half))
+    w2 = layers.param(self, "kernel2", layers.conv_init(c_in), (c_in, half))
     y = jnp.concatenate(
       [layers.conv1x1(x, w1, stride=2), layers.conv1x1(x[:, 1:, 1:, :], w2, stride=2)],
       axis=-1,
