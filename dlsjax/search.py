@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from dlsjax import bilevel, checkpoint, genotype, netspec, plots, sharding
+from dlsjax import bilevel, checkpoint, genotype, netspec, plots, sharding, tblog
 from dlsjax.data import dataset, pipeline
 from dlsjax.data.folder import DataError
 
@@ -58,15 +58,6 @@ def check_data_matches_model(ds: dataset.Dataset, spec: netspec.NetworkSpec) -> 
       f"model.num_classes is {spec.num_classes}"
     )
   ds.check_resolution(spec.resolution)
-
-
-def _tensorboard(workdir: pathlib.Path):
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:  # optional at run time; a dependency of the package
-    log.warning("tensorboardX not installed: no TensorBoard scalars")
-    return None
-  return SummaryWriter(str(workdir / "tb"))
 
 
 def search(
@@ -132,7 +123,7 @@ def search(
     json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve())})
   )
 
-  writer = _tensorboard(workdir) if proc == 0 else None
+  writer = tblog.writer(workdir) if proc == 0 else None
   every = int(sc.get("checkpoint_every_steps", 0) or 0)
   dstate = runner.replicate(state)
   rng = jax.random.PRNGKey(seed + 1)

@@ -39,7 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dlsjax import checkpoint, derived_net, genotype, losses, models, netspec, optim, sharding
+from dlsjax import (
+  checkpoint,
+  derived_net,
+  genotype,
+  losses,
+  models,
+  netspec,
+  optim,
+  sharding,
+  tblog,
+)
 from dlsjax.data import builder, dataset, pipeline
 from dlsjax.network import Network
 
@@ -294,11 +304,7 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
         log.info("%s: finished (%d epochs), kept", run_dir, epoch)
         return
       log.info("%s: resuming at epoch %d, batch %d", run_dir, epoch + 1, start)
-    writer = None
-    if proc == 0:
-      from dlsjax.search import _tensorboard
-
-      writer = _tensorboard(run_dir)
+    writer = tblog.writer(run_dir) if proc == 0 else None
     dstate = runner.replicate(state)
     rng = jax.random.PRNGKey(seed + 1)
 

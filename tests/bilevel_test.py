@@ -163,3 +163,21 @@ def test_paper_search_defaults():
   assert (h.alpha_lr, h.alpha_weight_decay, h.alpha_b1, h.alpha_b2) == (6e-4, 1e-3, 0.5, 0.999)
   assert (h.focal_gamma, h.focal_alpha, h.drop_path, h.grad_clip) == (2.0, 1.0, 0.2, 5.0)
   assert (c.search.crop_padding, c.search.hflip, c.search.vflip) == (8, True, True)
+
+
+@pytest.mark.parametrize("mode", sharding.MODES)
+def test_layout_splits_batches_and_copies_state_back(mode):
+  """Host batches -> each mode's device layout; state -> host; an uneven batch is refused."""
+  lay = sharding.Layout(mode)
+  assert lay.n == 4  # conftest's forced CPU devices
+  batch = {"images": {"WL": np.arange(8 * 2.0).reshape(8, 2)}, "label": np.arange(8)}
+  out = lay.shard_batch(batch)
+  want = (4, 2, 2) if mode == "pmap" else (8, 2)
+  assert out["images"]["WL"].shape == want
+  np.testing.assert_array_equal(np.asarray(out["label"]).reshape(-1), np.arange(8))
+  state = {"w": np.ones((3, 2), np.float32), "step": np.int32(5)}
+  back = lay.unreplicate(lay.replicate(state))
+  np.testing.assert_array_equal(back["w"], state["w"])
+  assert back["step"] == 5 and isinstance(back["w"], np.ndarray)
+  with pytest.raises(ValueError, match="global batch of 6 does not split over 4 devices"):
+    lay.shard_batch({"label": np.arange(6)})

@@ -68,6 +68,25 @@ def darts_cifar_model() -> ml_collections.ConfigDict:
   return m
 
 
+def job_config(model, classes, seed: int) -> ml_collections.ConfigDict:
+  """What every search or training config starts with: model, classes, data, seed."""
+  c = ml_collections.ConfigDict()
+  c.model = model
+  c.classes = list(classes)
+  c.data = data_config()
+  c.seed = seed
+  return c
+
+
+def run_options() -> dict:
+  """How a search or training job runs (the same fields in ``config.search`` / ``.train``)."""
+  return dict(
+    parallel="pmap",  # pmap | shard_map (the same per-device step)
+    checkpoint_every_steps=0,  # 0: only at the end of every epoch
+    distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
+  )
+
+
 def data_config() -> ml_collections.ConfigDict:
   """Dataset building and loading (paper Section III-A; ``dlsjax data build --set data.x=...``)."""
   d = ml_collections.ConfigDict()

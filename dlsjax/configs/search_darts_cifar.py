@@ -11,11 +11,7 @@ from dlsjax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = common.darts_cifar_model()
-  c.classes = [str(i) for i in range(10)]
-  c.data = common.data_config()
-  c.seed = 2
+  c = common.job_config(common.darts_cifar_model(), [str(i) for i in range(10)], seed=2)
   c.search = ml_collections.ConfigDict(
     dict(
       epochs=50,
@@ -37,9 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       crop_padding=4,
       hflip=True,
       vflip=False,
-      parallel="pmap",  # pmap | shard_map (same per-device step)
-      checkpoint_every_steps=0,  # 0: only at the end of every epoch
-      distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
+      **common.run_options(),
     )
   )
   c.derive = common.derive_config(batch_size=c.search.batch_size)

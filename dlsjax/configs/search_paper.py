@@ -13,11 +13,7 @@ from dlsjax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = common.paper_model()
-  c.classes = list(common.PAPER_CLASSES)
-  c.data = common.data_config()
-  c.seed = 0
+  c = common.job_config(common.paper_model(), common.PAPER_CLASSES, seed=0)
   c.search = ml_collections.ConfigDict(
     dict(
       epochs=50,
@@ -39,9 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       crop_padding=8,
       hflip=True,
       vflip=True,
-      parallel="pmap",  # pmap | shard_map (same per-device step)
-      checkpoint_every_steps=0,  # 0: only at the end of every epoch
-      distributed="auto",  # jax.distributed.initialize(): auto (from the environment) | on | off
+      **common.run_options(),
     )
   )
   c.derive = common.derive_config(batch_size=c.search.batch_size)

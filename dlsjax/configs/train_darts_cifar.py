@@ -8,11 +8,7 @@ from dlsjax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = common.darts_cifar_model()
-  c.classes = [str(i) for i in range(10)]
-  c.data = common.data_config()
-  c.seed = 0
+  c = common.job_config(common.darts_cifar_model(), [str(i) for i in range(10)], seed=0)
   c.train = ml_collections.ConfigDict(
     dict(
       epochs=600,
@@ -29,9 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hflip=True,
       vflip=False,
       grad_clip=5.0,  # as the DARTS evaluation code (not stated in the paper); 0 disables
-      checkpoint_every_steps=0,  # 0: only at the end of every epoch
-      parallel="pmap",  # pmap | shard_map
-      distributed="auto",
+      **common.run_options(),
       aux_head=True,
       aux_weight=0.4,
     )

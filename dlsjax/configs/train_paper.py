@@ -11,11 +11,7 @@ from dlsjax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = common.paper_model()
-  c.classes = list(common.PAPER_CLASSES)
-  c.data = common.data_config()
-  c.seed = 0
+  c = common.job_config(common.paper_model(), common.PAPER_CLASSES, seed=0)
   c.train = ml_collections.ConfigDict(
     dict(
       epochs=110,
@@ -32,9 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hflip=True,
       vflip=True,
       grad_clip=5.0,  # as the DARTS evaluation code (not stated in the paper); 0 disables
-      checkpoint_every_steps=0,  # 0: only at the end of every epoch
-      parallel="pmap",  # pmap | shard_map
-      distributed="auto",
+      **common.run_options(),
       aux_head=False,
     )
   )

@@ -1,8 +1,8 @@
 """Input pipeline: grain datasets of device-shaped batches from a built dataset.
 
-A batch is ``{"images": {modality: f32[..., B, H, W, C]}, "label": i32[..., B],
-"target": f32[..., B, K], "mask": bool[..., B]}`` where ``...`` is the device
-axis (``num_devices``) when one is asked for. ``target`` is the one-hot label,
+A batch is ``{"images": {modality: f32[B, H, W, C]}, "label": i32[B],
+"target": f32[B, K], "mask": bool[B]}``, one global batch on the host (the
+step's device layout is ``sharding.Layout.shard_batch``'s job). ``target`` is the one-hot label,
 mixed by CutMix when that is on; ``mask`` is False on the padding of the last
 evaluation batch.
 
@@ -94,22 +94,6 @@ def _with_target(num_classes: int):
   return fn
 
 
-def to_devices(batch: dict, num_devices: int | None) -> dict:
-  """Reshape the leading batch axis to ``[num_devices, B / num_devices]``."""
-  if not num_devices:
-    return batch
-
-  def split(x):
-    if x.shape[0] % num_devices:
-      raise ValueError(f"batch of {x.shape[0]} does not split over {num_devices} devices")
-    return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
-
-  return {
-    "images": {k: split(v) for k, v in batch["images"].items()},
-    **{k: split(batch[k]) for k in ("label", "target", "mask")},
-  }
-
-
 def train_batches(
   ds: Dataset,
   source,
@@ -119,7 +103,6 @@ def train_batches(
   seed: int,
   epoch: int,
   aug: Augment = Augment(),
-  num_devices: int | None = None,
   resolution: int | None = None,
 ) -> grain.MapDataset:
   """One epoch of shuffled, augmented, full batches (the last partial batch is dropped).
@@ -150,7 +133,7 @@ def train_batches(
       return {**batch, "images": images, "target": target}
 
     data = data.random_map(mix, seed=epoch_seed(seed, epoch, 2))
-  return data.map(lambda b: to_devices(b, num_devices))
+  return data
 
 
 def _crop_fn(aug: Augment):
@@ -168,7 +151,6 @@ def eval_batches(
   indices: Sequence[int] | None = None,
   *,
   batch_size: int,
-  num_devices: int | None = None,
   resolution: int | None = None,
 ) -> grain.MapDataset:
   """Every example once, in order; the last batch is padded and ``mask`` marks real rows."""
@@ -193,7 +175,6 @@ def eval_batches(
     .map(_with_target(k))
     .batch(batch_size, drop_remainder=False, batch_fn=_stack)
     .map(pad)
-    .map(lambda b: to_devices(b, num_devices))
   )
 
 
