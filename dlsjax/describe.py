@@ -44,14 +44,15 @@ def search_param_count(spec: NetworkSpec, params: Mapping) -> int:
   return total
 
 
-def _flops(fn, args) -> int | None:
-  cost = jax.jit(fn).lower(*args).cost_analysis()
+def _flops(lowered) -> int | None:
+  cost = lowered.cost_analysis()
   if isinstance(cost, list | tuple):
     cost = cost[0] if cost else {}
   return int(cost["flops"]) if cost and "flops" in cost else None
 
 
-def _forward_facts(fn, args, compile_: bool) -> dict:
+def _forward_facts(fn, args, compile_: bool, flops_fn=None) -> dict:
+  """HLO size and trace (and compile) time of ``fn``; FLOPs of ``flops_fn`` (default ``fn``)."""
   t0 = time.perf_counter()
   lowered = jax.jit(fn).lower(*args)
   trace_s = time.perf_counter() - t0
@@ -61,7 +62,21 @@ def _forward_facts(fn, args, compile_: bool) -> dict:
     t0 = time.perf_counter()
     lowered.compile()
     out["compile_s"] = round(time.perf_counter() - t0, 2)
+  out["flops_per_image"] = _flops(lowered if flops_fn is None else jax.jit(flops_fn).lower(*args))
   return out
+
+
+def _network_facts(model, compile_: bool, flops_model=None) -> tuple[dict, dict]:
+  """Parameter shapes and :func:`_forward_facts` of a network module (batch 1, eval mode)."""
+  shapes = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
+  images = supernet.dummy_images(model.spec, 1)
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def forward(m):
+    return lambda variables, images: m.apply(variables, images, train=False)
+
+  flops_fn = None if flops_model is None else forward(flops_model)
+  return shapes, _forward_facts(forward(model), (variables, images), compile_, flops_fn)
 
 
 def describe_search_space(spec: NetworkSpec, *, compile_: bool = True, lower: bool = True) -> dict:
@@ -77,13 +92,12 @@ def describe_search_space(spec: NetworkSpec, *, compile_: bool = True, lower: bo
       return supernet.apply(variables, images, alphas, masks, spec=spec, train=False)[0]
 
     variables, alphas = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes, alphas))
-    facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_)
     xla_spec = dataclasses.replace(spec, depthwise_impl="xla", scan_unroll=True)
 
     def fwd_xla(variables, images, alphas, masks):
       return supernet.apply(variables, images, alphas, masks, spec=xla_spec, train=False)[0]
 
-    facts["flops_per_image"] = _flops(fwd_xla, (variables, images, alphas, masks))
+    facts = _forward_facts(fwd, (variables, images, alphas, masks), compile_, fwd_xla)
   return {
     "kind": "search_space",
     "params": search_param_count(spec, shapes["params"]),
@@ -110,20 +124,10 @@ def describe_derived(
   spec: NetworkSpec, choice, *, aux_head: bool = False, compile_: bool = True
 ) -> dict:
   model = derived_net.make_derived_net(spec, choice, aux_head=aux_head)
-  shapes = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
-  images = supernet.dummy_images(spec, 1)
-
-  def fwd(variables, images):
-    return model.apply(variables, images, train=False)
-
-  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  facts = _forward_facts(fwd, (variables, images), compile_)
-  xla_model = derived_net.make_derived_net(
+  xla_model = derived_net.make_derived_net(  # FLOPs with native depthwise convolutions
     dataclasses.replace(spec, depthwise_impl="xla"), choice, aux_head=aux_head
   )
-  facts["flops_per_image"] = _flops(
-    lambda variables, images: xla_model.apply(variables, images, train=False), (variables, images)
-  )
+  shapes, facts = _network_facts(model, compile_, xla_model)
   out = {
     "kind": "derived_network",
     "params": count_params(shapes["params"], exclude=("aux_head",)),
@@ -140,16 +144,7 @@ def describe_derived(
 
 def describe_module(model, *, compile_: bool = False) -> dict:
   """Parameters and FLOPs of any network module with a ``spec`` (the baselines)."""
-  spec = model.spec
-  shapes = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
-  images = supernet.dummy_images(spec, 1)
-  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-  def fwd(variables, images):
-    return model.apply(variables, images, train=False)
-
-  facts = _forward_facts(fwd, (variables, images), compile_)
-  facts["flops_per_image"] = _flops(fwd, (variables, images))
+  shapes, facts = _network_facts(model, compile_)
   return {"kind": type(model).__name__, "params": count_params(shapes["params"]), **facts}
 
 

@@ -528,9 +528,7 @@ def plot_comparison(results, w: pathlib.Path, path: pathlib.Path, *, title: str)
       continue
     data = np.load(w / r["dir"] / "train" / "probabilities.npz")
     labels, probs = data["labels"], data["probs"]
-    pooled = np.concatenate(list(probs))
-    one_hot = np.eye(pooled.shape[-1])[np.tile(labels, len(probs))]
-    fpr, tpr = metrics.roc_curve(one_hot.ravel(), pooled.ravel())
+    fpr, tpr = metrics.roc_curve_micro(np.tile(labels, len(probs)), np.concatenate(list(probs)))
     m = r["mean"]
     text = f"{r['label']} (AUC {m['auc_micro']:.3f}"
     text += f" ± {m['auc_micro_std']:.3f})" if r["runs"] > 1 else ")"

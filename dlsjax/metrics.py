@@ -50,6 +50,12 @@ def roc_curve(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
   return np.r_[0.0, fps / n], np.r_[0.0, tps / p]
 
 
+def roc_curve_micro(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+  """Micro-averaged ROC: every (example, class) pair is one binary decision."""
+  probs = np.asarray(probs)
+  return roc_curve(np.eye(probs.shape[1])[np.asarray(labels)].ravel(), probs.ravel())
+
+
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
   """``m[i, j]``: examples of true class ``i`` predicted as ``j``."""
   m = np.zeros((num_classes, num_classes), np.int64)
@@ -103,11 +109,10 @@ def bootstrap_ci(
 def roc_band(labels, probs, *, trials: int = 1000, seed: int = 0, grid: int = 101) -> dict:
   """Micro ROC on a fixed FPR grid with its bootstrap 95% band (for the ROC figure)."""
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
-  one_hot = np.eye(probs.shape[1])[labels]
   fpr_grid = np.linspace(0, 1, grid)
 
   def curve(idx):
-    fpr, tpr = roc_curve(one_hot[idx].ravel(), probs[idx].ravel())
+    fpr, tpr = roc_curve_micro(labels[idx], probs[idx])
     return np.interp(fpr_grid, fpr, tpr)
 
   rng = np.random.default_rng(seed)

@@ -54,6 +54,10 @@ def test_roc_curve_equals_scikit_learn():
   np.testing.assert_allclose(fpr, sk_fpr)
   np.testing.assert_allclose(tpr, sk_tpr)
   assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, s))
+  labels, probs = _random_case(rng, 40, 3)  # micro: the area is scikit-learn's micro AUC
+  fpr, tpr = metrics.roc_curve_micro(labels, probs)
+  want = skm.roc_auc_score(np.eye(3)[labels], probs, average="micro")
+  assert np.trapezoid(tpr, fpr) == pytest.approx(want)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
