@@ -266,11 +266,12 @@ def test_masks_are_traced_arguments():
   m0 = supernet.init_masks(spec)
   outs = [f(m0)]
   m1 = jax.tree.map(lambda x: x, m0)
-  m1["normal"]["op"] = m1["normal"]["op"].at[0, 3].set(0.0)
+  conv = spec.op_set.index("sep_conv_3x3")
+  m1["normal"]["op"] = m1["normal"]["op"].at[0, conv].set(0.0)
   outs.append(f(m1))
   m2 = jax.tree.map(lambda x: x, m1)
   m2["reduce"]["decided"] = m2["reduce"]["decided"].at[2].set(1.0)
-  m2["reduce"]["op"] = m2["reduce"]["op"].at[2].set(jax.nn.one_hot(4, len(spec.op_set)))
+  m2["reduce"]["op"] = m2["reduce"]["op"].at[2].set(jax.nn.one_hot(conv, len(spec.op_set)))
   outs.append(f(m2))
   assert len(traces) == 1
   assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
