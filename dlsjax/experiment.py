@@ -29,6 +29,7 @@ import json
 import logging
 import pathlib
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -267,9 +268,14 @@ def run_table(
   budget: str = "paper",
   runs: int | None = None,
   pretrained: str | None = None,
+  only: Sequence[str] | None = None,
   progress: bool = True,
 ) -> dict:
-  """Run every row of table ``name`` that is not finished; write its md, csv and figure."""
+  """Run every row of table ``name`` that is not finished; write its md, csv and figure.
+
+  ``only``: run just the rows with these labels (the others are listed as not run); a later
+  call without it keeps every finished row and runs the rest.
+  """
   from dlsjax.data import dataset
 
   if name not in TABLES:
@@ -283,8 +289,14 @@ def run_table(
   w = pathlib.Path(workdir)
   w.mkdir(parents=True, exist_ok=True)
   rows = rows_for(table, base)
+  unknown = sorted(set(only or ()) - {r.label for r in rows})
+  if unknown:
+    raise ExperimentError(f"{name} has no row {unknown}; its rows: {[r.label for r in rows]}")
   results = []
   for i, row in enumerate(rows):
+    if only and row.label not in only:
+      results.append({"label": row.label, "status": "not run", "reason": "not selected"})
+      continue
     log.info("%s row %d/%d: %s", name, i + 1, len(rows), row.label)
     reason = not_applicable(row, base)
     if reason:
@@ -427,7 +439,7 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
     rec.update(dict(row.extra))
     if r["status"] != "done":
       n = len(heads) - len(cells)
-      md.append("| " + " | ".join(cells + ["n/a"] * n) + " |")
+      md.append("| " + " | ".join(cells + [r["status"]] * n) + " |")
       rec["reason"] = r["reason"]
       csv_rows.append(rec)
       continue
@@ -466,9 +478,10 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
     + (" ± std" if runs > 1 else "")
     + f"; 95% CIs in brackets from {trials} bootstrap resamples of the runs' pooled predictions.",
   ]
-  na = [(r["label"], r["reason"]) for r in results if r["status"] != "done"]
-  if na:
-    md += ["", "Not applicable:", *[f"- {label}: {why}" for label, why in na]]
+  for status, head in (("n/a", "Not applicable:"), ("not run", "Not run (`--rows`):")):
+    listed = [(r["label"], r["reason"]) for r in results if r["status"] == status]
+    if listed:
+      md += ["", head, *[f"- {label}: {why}" for label, why in listed]]
   reduced = budget_reductions(base)
   if reduced:
     md += ["", f"Reduced relative to the paper by the `{budget}` budget:", ""]

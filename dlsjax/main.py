@@ -277,6 +277,7 @@ def cmd_experiment(args) -> int:
     out = experiment.run_table(
       args.table, args.data_dir, args.workdir, budget=args.budget, runs=args.runs,
       pretrained=args.pretrained,
+      only=[x.strip() for x in args.rows.split(",")] if args.rows else None,
     )  # fmt: skip
   except (
     DataError, experiment.ExperimentError, search.SearchError, derive.DeriveError,
@@ -422,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--runs", type=int, help="seeds per row (default: paper 5, demo 1)")
   p.add_argument("--pretrained", help="orbax checkpoint of ImageNet EfficientNet-B0 weights")
+  p.add_argument(
+    "--rows", help="only these rows, by label, comma-separated (e.g. 'DLS-DARTS,- MPDS')"
+  )
   p.set_defaults(func=cmd_experiment)
 
   p = sub.add_parser("demo", help="synthesise -> build -> search -> derive -> train -> evaluate")

@@ -160,16 +160,39 @@ def check_gradcam_and_predict(w, tmp_path, capsys):
 
 
 def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
-  """``dlsjax experiment table3 --budget tiny`` on the demo's data (its compiled search, MPDS and
-  training steps are in the compilation cache), rerun without recomputing; a baseline via
-  ``train --model``."""
+  """``dlsjax experiment table3 --budget tiny`` on the demo's data with every row but "- MPDS"
+  (``--rows``; that row's genotype is checked without training it), rerun without recomputing;
+  a baseline via ``train --model``.
+
+  The table's search is the demo's own (the same config, asserted below), copied in as a
+  finished search, which keeps this test within the suite's time budget; the experiment runs
+  MPDS on it itself and must reach the demo's genotype.
+  """
+  import shutil
   import time
 
+  import ml_collections
+
   from dlsjax import experiment
+  from dlsjax.data import dataset
 
   exp = tmp_path / "exp"
+  ds = dataset.load(w / "data_built")
+  base = experiment.base_config("tiny", ds)
+  table_rows = experiment.rows_for(experiment.TABLES["table3"], base)
+  (mpds_cfg, _), (argmax_cfg, _) = (experiment.row_configs(r, base) for r in table_rows[:2])
+  demo_cfg = ml_collections.ConfigDict(json.loads((w / "search" / "config.json").read_text()))
+  key = experiment.search_key(mpds_cfg)
+  assert key == experiment.search_key(demo_cfg) == experiment.search_key(argmax_cfg)
+  assert demo_cfg.derive.to_dict() == mpds_cfg.derive.to_dict()
+  s_dir = exp / "searches" / key
+  shutil.copytree(w / "search", s_dir)
+  for name in ("genotype.json", "derivation_log.json", "genotype.png"):
+    (s_dir / name).unlink()  # the demo's MPDS result: the experiment derives its own
+  picked = ["DLS-DARTS", "- Fusing Stem", "- FL Stem", "- Learnable Stems"]
   code, out = main_in_process(capsys, "experiment", "table3", "--data-dir", str(w / "data_built"),
-                              "--workdir", str(exp), "--budget", "tiny")  # fmt: skip
+                              "--workdir", str(exp), "--budget", "tiny", "--rows",
+                              ",".join(picked))  # fmt: skip
   assert code == 0, out
   md = (exp / "table3.md").read_text()
   lines = md.splitlines()
@@ -178,24 +201,32 @@ def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
   labels = [r.split(" | ")[0][2:] for r in rows[2:]]
   assert labels == ["DLS-DARTS", "- MPDS", "- Fusing Stem", "- FL Stem", "- Learnable Stems"]
   assert rows[2].split(" | ")[2] == "+0.000"  # Δ of the reference row
+  assert rows[3].split(" | ")[1:] == ["not run"] * 3 + ["not run |"]
+  assert "Not run (`--rows`):" in md and "- - MPDS: not selected" in md
   assert "`train.epochs` | 110 | 2 |" in md  # the budget's reductions are stated
   recs = list(__import__("csv").DictReader((exp / "table3.csv").open()))
-  assert [r["status"] for r in recs] == ["done"] * 5
-  for r in recs:
+  assert [r["status"] for r in recs] == ["done", "not run", "done", "done", "done"]
+  for r in recs[:1] + recs[2:]:
     assert float(r["acc_lo"]) <= float(r["acc"]) <= float(r["acc_hi"])
   # One search serves every row; MPDS and argmax genotypes differ in source.
   assert len(list((exp / "searches").iterdir())) == 1
   assert recs[0]["genotype"].endswith("genotype_mpds.json")
-  assert recs[1]["genotype"].endswith("genotype_argmax.json")
+  assert (s_dir / "genotype_mpds.json").read_text() == (w / "search" / "genotype.json").read_text()
+  g = experiment.ensure_genotype(argmax_cfg, s_dir, ds, progress=False)
+  assert g.name == "genotype_argmax.json" and g.is_file()
   # The tiny budget's stems already concatenate: the stem ablations are the DLS-DARTS row itself,
   # trained once.
   assert {r["dir"] for r in recs[2:]} == {recs[0]["dir"]}
   stamps = {p: p.stat().st_mtime for p in exp.glob("rows/*/row.json")}
-  assert len(stamps) == 2
+  assert len(stamps) == 1
   t0 = time.perf_counter()
-  assert experiment.run_table("table3", w / "data_built", exp, budget="tiny", progress=False)
+  assert experiment.run_table(
+    "table3", w / "data_built", exp, budget="tiny", only=picked, progress=False
+  )
   assert time.perf_counter() - t0 < 60
   assert {p: p.stat().st_mtime for p in exp.glob("rows/*/row.json")} == stamps  # nothing redone
+  with pytest.raises(experiment.ExperimentError, match=r"table3 has no row \['nope'\]"):
+    experiment.run_table("table3", w / "data_built", exp, budget="tiny", only=["nope"])
 
   # A baseline through `train --model`, evaluated like the NAS model.
   t = tmp_path / "resnet" / "train"
