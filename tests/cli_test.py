@@ -33,7 +33,8 @@ def test_describe_search_spaces_json(capsys):
   assert out["input_shape"] == {"WL": [64, 64, 3], "NIR1": [64, 64, 3], "NIR2": [64, 64, 3]}
   assert out["cells"] == ["reduce", "normal"] * 3
   # The lowered facts, on a small paper-structured search space.
-  small = ["model.c_sin_search=4", "model.resolution=8", "model.k_r=1"]
+  small = ["model.c_sin_search=4", "model.resolution=8", "model.k_r=1",
+           "model.op_set=none,skip_connect,sep_conv_3x3"]  # fmt: skip
   sets = [a for s in small for a in ("--set", s)]
   out = json.loads(
     run_cli(capsys, "describe", "--search-space", "paper", "--json", "--no-compile", *sets)
