@@ -14,7 +14,9 @@ from dlsjax.netspec import Modality
 
 @pytest.mark.heavy
 def test_decided_supernet_equals_derived_network():
-  spec = tiny_spec()
+  # Every op module kind but the second pooling and the plain conv (same modules as max_pool /
+  # the convs of sep/dil_conv): the parameter mapping is what is tested; ops have their own tests.
+  spec = tiny_spec(op_set=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"))
   choice = random_choice(spec, seed=3)
   used = {spec.op_set[k] for c in choice.values() for k in c if k >= 0}
   assert len(used) >= 3, used  # the test exercises several op types
