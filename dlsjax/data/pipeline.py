@@ -1,4 +1,4 @@
-"""Input pipeline: grain datasets of device-shaped batches from a built dataset.
+"""Input pipeline: grain datasets of host batches from a built dataset.
 
 A batch is ``{"images": {modality: f32[B, H, W, C]}, "label": i32[B],
 "target": f32[B, K], "mask": bool[B]}``, one global batch on the host (the
