@@ -1,6 +1,10 @@
 """Convolution, pooling and BatchNorm primitives shared by every operation.
 
-All tensors are NHWC. The primitives are written so that `jax.vmap` over a
+Tensors are NHWC, or channel-major ``[C, N, H, W]`` (layout ``"CNHW"``)
+where a primitive takes ``layout``: the supernet runs its DAGs channel-major
+on CPU, where the depthwise convolution is a batched matmul over channels and
+NHWC would cost two transposes per convolution (``NetworkSpec.dag_layout``).
+The primitives are written so that `jax.vmap` over a
 stack of edges (parameters batched, input shared) lowers to *one* large,
 dense XLA op instead of many small ones:
 
@@ -25,6 +29,29 @@ from jax import lax
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 DEPTHWISE_IMPLS = ("auto", "xla", "dense", "toeplitz")
+LAYOUTS = ("NHWC", "CNHW")
+
+
+def channel_axis(layout: str) -> int:
+  """Position of the channel axis: last in NHWC, first in channel-major CNHW."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+  return -1 if layout == "NHWC" else 0
+
+
+def spatial_slice(x, layout: str, start: int = 0, step: int = 1):
+  """``x[..., start::step, start::step, ...]`` over the two spatial axes of ``layout``."""
+  sl = slice(start, None, step)
+  if layout == "NHWC":
+    return x[:, sl, sl, :]
+  return x[:, :, sl, sl]
+
+
+def to_layout(x, src: str, dst: str):
+  """Transpose a 4-D tensor between NHWC and CNHW."""
+  if src == dst:
+    return x
+  return jnp.transpose(x, (3, 0, 1, 2) if dst == "CNHW" else (1, 2, 3, 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +70,8 @@ class OpContext:
     bn_eps: BatchNorm epsilon.
     bn_axis_name: when set, batch statistics are averaged over this named
       axis (data parallel BatchNorm under pmap / shard_map).
+    layout: ``NHWC`` or channel-major ``CNHW``; the built-in operations
+      support both (``ops.OpDef.channel_major``), parameters are the same.
   """
 
   train: bool = True
@@ -52,6 +81,7 @@ class OpContext:
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
   bn_axis_name: str | None = None
+  layout: str = "NHWC"
 
 
 class BatchNorm(nn.Module):
@@ -67,13 +97,15 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c = x.shape[-1]
     ctx = self.ctx
+    c_axis = channel_axis(ctx.layout)
+    c = x.shape[c_axis]
+    axes = (0, 1, 2) if c_axis == -1 else (1, 2, 3)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
     if ctx.train:
-      mean = jnp.mean(x, axis=(0, 1, 2))
-      mean_sq = jnp.mean(jnp.square(x), axis=(0, 1, 2))
+      mean = jnp.mean(x, axis=axes)
+      mean_sq = jnp.mean(jnp.square(x), axis=axes)
       if ctx.bn_axis_name is not None:
         mean, mean_sq = lax.pmean((mean, mean_sq), ctx.bn_axis_name)
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
@@ -83,11 +115,13 @@ class BatchNorm(nn.Module):
         ra_var.value = m * ra_var.value + (1.0 - m) * var
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (x - mean) * lax.rsqrt(var + ctx.bn_eps)
+    shape = (c,) if c_axis == -1 else (c, 1, 1, 1)
+    inv = lax.rsqrt(var + ctx.bn_eps)
+    y = (x - mean.reshape(shape)) * inv.reshape(shape)
     if ctx.affine:
       scale = param(self, "scale", nn.initializers.ones, (c,), jnp.float32)
       bias = param(self, "bias", nn.initializers.zeros, (c,), jnp.float32)
-      y = y * scale + bias
+      y = y * scale.reshape(shape) + bias.reshape(shape)
     return y
 
 
@@ -103,8 +137,10 @@ def conv(
   dilation: int = 1,
   padding: int | None = None,
   feature_group_count: int = 1,
+  layout: str = "NHWC",
 ):
   """A plain XLA convolution with symmetric padding (default: 'same' for odd kernels)."""
+  channel_axis(layout)
   k = kernel_HWIO.shape[0]
   p = _same_padding(k, dilation) if padding is None else padding
   return lax.conv_general_dilated(
@@ -113,16 +149,18 @@ def conv(
     window_strides=(stride, stride),
     padding=((p, p), (p, p)),
     rhs_dilation=(dilation, dilation),
-    dimension_numbers=DIMENSION_NUMBERS,
+    dimension_numbers=(layout, "HWIO", layout),
     feature_group_count=feature_group_count,
   )
 
 
-def conv1x1(x, kernel_IO, *, stride: int = 1):
+def conv1x1(x, kernel_IO, *, stride: int = 1, layout: str = "NHWC"):
   """1x1 convolution as an einsum (vmap over edges gives one batched matmul)."""
   if stride > 1:
-    x = x[:, ::stride, ::stride, :]
-  return jnp.einsum("bhwc,cd->bhwd", x, kernel_IO)
+    x = spatial_slice(x, layout, 0, stride)
+  if channel_axis(layout) == -1:
+    return jnp.einsum("bhwc,cd->bhwd", x, kernel_IO)
+  return jnp.einsum("cd,cbhw->dbhw", kernel_IO, x)
 
 
 def resolve_depthwise_impl(impl: str) -> str:
@@ -163,22 +201,24 @@ def _column_taps(kernel: int, width: int, stride: int, dilation: int, pad: int) 
   return taps
 
 
-@functools.partial(jax.checkpoint, static_argnums=(2, 3))
-def _depthwise_toeplitz(x, kernel_HW1C, stride: int, dilation: int):
-  return depthwise_toeplitz_raw(x, kernel_HW1C, stride=stride, dilation=dilation)
+@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4))
+def _depthwise_toeplitz(x, kernel_HW1C, stride: int, dilation: int, layout: str):
+  return depthwise_toeplitz_raw(x, kernel_HW1C, stride=stride, dilation=dilation, layout=layout)
 
 
-def depthwise_toeplitz(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1):
+def depthwise_toeplitz(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1, layout: str = "NHWC"):
   """:func:`depthwise_toeplitz_raw` under ``jax.checkpoint``.
 
   The stacked row slices are ``k`` times the input; saved for the backward
   pass they made a canonical DARTS search step take 16 GB. Rematerialised,
   only the input and kernel are kept (the slices are cheap to redo).
   """
-  return _depthwise_toeplitz(x, kernel_HW1C, stride, dilation)
+  return _depthwise_toeplitz(x, kernel_HW1C, stride, dilation, layout)
 
 
-def depthwise_toeplitz_raw(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1):
+def depthwise_toeplitz_raw(
+  x, kernel_HW1C, *, stride: int = 1, dilation: int = 1, layout: str = "NHWC"
+):
   """Depthwise conv as one batched matmul over channels (no convolution op).
 
   Rows are handled by ``k`` strided slices of the row-padded input, columns
@@ -190,21 +230,23 @@ def depthwise_toeplitz_raw(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1
   That costs ``W/k`` times the MACs of a direct depthwise conv but runs as a
   dense dot, which XLA's CPU backend executes far faster than its grouped
   convolution; under ``vmap`` over edges the edge axis simply joins the dot's
-  batch (or free) dimensions.
+  batch (or free) dimensions. The matmul is channel-major: an NHWC input is
+  transposed there and back, a ``CNHW`` one is used as it is.
   """
-  b, h, w, c = x.shape
+  xc = to_layout(x, layout, "CNHW")
+  c, b, h, w = xc.shape
   k = kernel_HW1C.shape[0]
   pad = _same_padding(k, dilation)
   h_out = _out_size(h, k, stride, dilation, pad)
   taps = _column_taps(k, w, stride, dilation, pad)
-  xc = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), (pad, pad), (0, 0)))
+  xc = jnp.pad(xc, ((0, 0), (0, 0), (pad, pad), (0, 0)))
   span = stride * (h_out - 1) + 1
   rows = jnp.stack(
     [xc[:, :, i * dilation : i * dilation + span : stride] for i in range(k)], axis=3
   ).reshape(c, b * h_out, k * w)
   banded = jnp.einsum("ijc,jwv->ciwv", kernel_HW1C[:, :, 0, :], taps).reshape(c, k * w, -1)
   y = lax.dot_general(rows, banded, (((2,), (1,)), ((0,), (0,))))
-  return jnp.transpose(y.reshape(c, b, h_out, -1), (1, 2, 3, 0))
+  return to_layout(y.reshape(c, b, h_out, -1), "CNHW", layout)
 
 
 def depthwise_conv(
@@ -214,6 +256,7 @@ def depthwise_conv(
   stride: int = 1,
   dilation: int = 1,
   impl: str = "auto",
+  layout: str = "NHWC",
 ):
   """Depthwise kxk convolution; every implementation gives the same output.
 
@@ -223,28 +266,36 @@ def depthwise_conv(
     ``xla`` but slow under a vmap that batches the input too.
   * ``toeplitz``: :func:`depthwise_toeplitz`, the CPU default.
   """
-  c = x.shape[-1]
+  c = x.shape[channel_axis(layout)]
   impl = resolve_depthwise_impl(impl)
+  kw = dict(stride=stride, dilation=dilation, layout=layout)
   if impl == "xla":
-    return conv(x, kernel_HW1C, stride=stride, dilation=dilation, feature_group_count=c)
+    return conv(x, kernel_HW1C, feature_group_count=c, **kw)
   if impl == "toeplitz":
-    return depthwise_toeplitz(x, kernel_HW1C, stride=stride, dilation=dilation)
+    return depthwise_toeplitz(x, kernel_HW1C, **kw)
   dense = kernel_HW1C[:, :, 0, :, None] * jnp.eye(c, dtype=kernel_HW1C.dtype)
-  return conv(x, dense, stride=stride, dilation=dilation)
+  return conv(x, dense, **kw)
 
 
-def max_pool_3x3(x, stride: int):
-  return lax.reduce_window(
-    x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
-  )
+def _pool_window(stride: int, layout: str):
+  """(window, strides, padding) of a 3x3 pooling with padding 1 in ``layout``."""
+  if channel_axis(layout) == -1:
+    return (1, 3, 3, 1), (1, stride, stride, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+  return (1, 1, 3, 3), (1, 1, stride, stride), ((0, 0), (0, 0), (1, 1), (1, 1))
 
 
-def avg_pool_3x3(x, stride: int):
+def max_pool_3x3(x, stride: int, layout: str = "NHWC"):
+  window, strides, pad = _pool_window(stride, layout)
+  return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pad)
+
+
+def avg_pool_3x3(x, stride: int, layout: str = "NHWC"):
   """3x3 average pooling, padding 1, padded cells excluded from the count."""
-  pad = ((0, 0), (1, 1), (1, 1), (0, 0))
-  window, strides = (1, 3, 3, 1), (1, stride, stride, 1)
+  window, strides, pad = _pool_window(stride, layout)
   total = lax.reduce_window(x, 0.0, lax.add, window, strides, pad)
-  ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+  hw = x.shape[1:3] if channel_axis(layout) == -1 else x.shape[2:4]
+  ones_shape = (1, *hw, 1) if channel_axis(layout) == -1 else (1, 1, *hw)
+  ones = jnp.ones(ones_shape, x.dtype)
   count = lax.reduce_window(ones, 0.0, lax.add, window, strides, pad)
   return total / count
 

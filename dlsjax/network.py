@@ -63,6 +63,8 @@ class Part(nn.Module):
   choice: tuple[int, ...] | None = None
   drop_path: bool = False
   unroll: bool = False
+  remat: bool = False
+  dag_layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
@@ -85,6 +87,8 @@ class Part(nn.Module):
         ctx,
         self.drop_path,
         unroll=self.unroll,
+        remat=self.remat,
+        layout=self.dag_layout,
         name="dag",
       )(inputs, weights_EK, drop_prob)
     else:
@@ -170,7 +174,14 @@ class Network(nn.Module):
       if search:
         w = mixing_weights(alphas[part_name], masks[part_name])
         return Part(
-          topo, spec.op_set, ctx=ctx, drop_path=drop_path, unroll=spec.scan_unroll, **kw
+          topo,
+          spec.op_set,
+          ctx=ctx,
+          drop_path=drop_path,
+          unroll=spec.scan_unroll,
+          remat=spec.dag_remat,
+          dag_layout=spec.resolved_dag_layout(),
+          **kw,
         ), w
       choice = tuple(int(c) for c in self.genotype[part_name])
       return Part(topo, spec.op_set, ctx=ctx, choice=choice, drop_path=drop_path, **kw), None

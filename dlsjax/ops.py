@@ -12,6 +12,9 @@ name, so a researcher adds one from their own code::
       return ops.ReLUConvBN(C, kernel=3, stride=stride, ctx=ctx)
 
 and names it in ``config.op_set`` (a tuple of names; position = op index).
+Operations see NHWC tensors unless registered with ``channel_major=True``:
+then the supernet may call them on channel-major ``[C, N, H, W]`` tensors
+(``ctx.layout == "CNHW"``), which every built-in operation supports.
 
 Structure follows the original DARTS code (see ``shared/REFERENCE.md``):
 ReLU -> conv -> BN, separable convs applied twice with the stride in the
@@ -49,26 +52,35 @@ class OpDef:
       never selected by a derivation.
     identity_at_stride1: the op is the identity at stride 1 (``skip_connect``);
       DropPath is not applied to identity ops, as in DARTS.
+    channel_major: the module also accepts ``ctx.layout == "CNHW"`` inputs
+      (``[C, N, H, W]``). A supernet whose op set has an op without it runs
+      its DAGs in NHWC.
   """
 
   name: str
   build: OpBuilder
   is_zero: bool = False
   identity_at_stride1: bool = False
+  channel_major: bool = False
 
 
 _REGISTRY: dict[str, OpDef] = {}
 
 
 def register_op(
-  name: str, *, is_zero: bool = False, identity_at_stride1: bool = False, overwrite: bool = False
+  name: str,
+  *,
+  is_zero: bool = False,
+  identity_at_stride1: bool = False,
+  channel_major: bool = False,
+  overwrite: bool = False,
 ):
   """Decorator registering ``build(C, stride, ctx) -> nn.Module`` under ``name``."""
 
   def decorator(build: OpBuilder) -> OpBuilder:
     if name in _REGISTRY and not overwrite:
       raise ValueError(f"operation {name!r} is already registered")
-    _REGISTRY[name] = OpDef(name, build, is_zero, identity_at_stride1)
+    _REGISTRY[name] = OpDef(name, build, is_zero, identity_at_stride1, channel_major)
     return build
 
   return decorator
@@ -101,15 +113,16 @@ class ReLUConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c_in = x.shape[-1]
+    layout = self.ctx.layout
+    c_in = x.shape[layers.channel_axis(layout)]
     k = self.kernel
     x = jax.nn.relu(x)
     if k == 1:
       w = layers.param(self, "kernel", layers.conv_init(c_in), (c_in, self.C_out))
-      x = layers.conv1x1(x, w, stride=self.stride)
+      x = layers.conv1x1(x, w, stride=self.stride, layout=layout)
     else:
       w = layers.param(self, "kernel", layers.conv_init(c_in * k * k), (k, k, c_in, self.C_out))
-      x = layers.conv(x, w, stride=self.stride, dilation=self.dilation)
+      x = layers.conv(x, w, stride=self.stride, dilation=self.dilation, layout=layout)
     return BatchNorm(self.ctx)(x)
 
 
@@ -124,7 +137,8 @@ class DilConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c_in = x.shape[-1]
+    layout = self.ctx.layout
+    c_in = x.shape[layers.channel_axis(layout)]
     k = self.kernel
     x = jax.nn.relu(x)
     dw = layers.param(self, "depthwise", layers.conv_init(k * k), (k, k, 1, c_in))
@@ -134,9 +148,10 @@ class DilConv(nn.Module):
       stride=self.stride,
       dilation=self.dilation,
       impl=self.ctx.depthwise_impl,
+      layout=layout,
     )
     pw = layers.param(self, "pointwise", layers.conv_init(c_in), (c_in, self.C_out))
-    x = layers.conv1x1(x, pw)
+    x = layers.conv1x1(x, pw, layout=layout)
     return BatchNorm(self.ctx)(x)
 
 
@@ -150,7 +165,7 @@ class SepConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    c_in = x.shape[-1]
+    c_in = x.shape[layers.channel_axis(self.ctx.layout)]
     x = DilConv(c_in, self.kernel, self.stride, 1, self.ctx, name="block1")(x)
     return DilConv(self.C_out, self.kernel, 1, 1, self.ctx, name="block2")(x)
 
@@ -165,14 +180,20 @@ class FactorizedReduce(nn.Module):
   def __call__(self, x):
     if self.C_out % 2:
       raise ValueError(f"FactorizedReduce needs an even channel count, got {self.C_out}")
-    c_in = x.shape[-1]
+    layout = self.ctx.layout
+    c_axis = layers.channel_axis(layout)
+    c_in = x.shape[c_axis]
     half = self.C_out // 2
     x = jax.nn.relu(x)
     w1 = layers.param(self, "kernel1", layers.conv_init(c_in), (c_in, half))
     w2 = layers.param(self, "kernel2", layers.conv_init(c_in), (c_in, half))
+    shifted = layers.spatial_slice(x, layout, 1)
     y = jnp.concatenate(
-      [layers.conv1x1(x, w1, stride=2), layers.conv1x1(x[:, 1:, 1:, :], w2, stride=2)],
-      axis=-1,
+      [
+        layers.conv1x1(x, w1, stride=2, layout=layout),
+        layers.conv1x1(shifted, w2, stride=2, layout=layout),
+      ],
+      axis=c_axis,
     )
     return BatchNorm(self.ctx)(y)
 
@@ -187,7 +208,7 @@ class Pool(nn.Module):
   @nn.compact
   def __call__(self, x):
     fn = layers.max_pool_3x3 if self.kind == "max" else layers.avg_pool_3x3
-    y = fn(x, self.stride)
+    y = fn(x, self.stride, layout=self.ctx.layout)
     return BatchNorm(self.ctx)(y) if self.ctx.pool_bn else y
 
 
@@ -199,10 +220,11 @@ class Identity(nn.Module):
 
 class Zero(nn.Module):
   stride: int
+  layout: str = "NHWC"
 
   @nn.compact
   def __call__(self, x):
-    return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
+    return jnp.zeros_like(layers.spatial_slice(x, self.layout, 0, self.stride))
 
 
 # --------------------------------------------------------------------------- #
@@ -210,57 +232,57 @@ class Zero(nn.Module):
 # --------------------------------------------------------------------------- #
 
 
-@register_op("none", is_zero=True)
+@register_op("none", is_zero=True, channel_major=True)
 def _none(C, stride, ctx):
-  return Zero(stride)
+  return Zero(stride, ctx.layout)
 
 
-@register_op("max_pool_3x3")
+@register_op("max_pool_3x3", channel_major=True)
 def _max_pool_3x3(C, stride, ctx):
   return Pool("max", stride, ctx)
 
 
-@register_op("avg_pool_3x3")
+@register_op("avg_pool_3x3", channel_major=True)
 def _avg_pool_3x3(C, stride, ctx):
   return Pool("avg", stride, ctx)
 
 
-@register_op("skip_connect", identity_at_stride1=True)
+@register_op("skip_connect", identity_at_stride1=True, channel_major=True)
 def _skip_connect(C, stride, ctx):
   return Identity() if stride == 1 else FactorizedReduce(C, ctx)
 
 
-@register_op("sep_conv_3x3")
+@register_op("sep_conv_3x3", channel_major=True)
 def _sep_conv_3x3(C, stride, ctx):
   return SepConv(C, 3, stride, ctx)
 
 
-@register_op("sep_conv_5x5")
+@register_op("sep_conv_5x5", channel_major=True)
 def _sep_conv_5x5(C, stride, ctx):
   return SepConv(C, 5, stride, ctx)
 
 
-@register_op("dil_conv_3x3")
+@register_op("dil_conv_3x3", channel_major=True)
 def _dil_conv_3x3(C, stride, ctx):
   return DilConv(C, 3, stride, 2, ctx)
 
 
-@register_op("dil_conv_5x5")
+@register_op("dil_conv_5x5", channel_major=True)
 def _dil_conv_5x5(C, stride, ctx):
   return DilConv(C, 5, stride, 2, ctx)
 
 
-@register_op("nor_conv_1x1")
+@register_op("nor_conv_1x1", channel_major=True)
 def _nor_conv_1x1(C, stride, ctx):
   return ReLUConvBN(C, 1, stride, ctx)
 
 
-@register_op("nor_conv_3x3")
+@register_op("nor_conv_3x3", channel_major=True)
 def _nor_conv_3x3(C, stride, ctx):
   return ReLUConvBN(C, 3, stride, ctx)
 
 
-@register_op("nor_conv_5x5")
+@register_op("nor_conv_5x5", channel_major=True)
 def _nor_conv_5x5(C, stride, ctx):
   return ReLUConvBN(C, 5, stride, ctx)
 

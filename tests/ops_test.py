@@ -208,3 +208,37 @@ def test_init_key_is_deterministic_and_seed_dependent():
   typed = jax.random.key(3)
   assert layers.init_key(typed) is typed
   assert jax.random.split(layers.init_key(jax.random.PRNGKey(0)), 3).shape == (3,)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("affine", [False, True])
+def test_channel_major_layout_gives_the_nhwc_values(stride, affine):
+  """Every built-in op supports CNHW inputs: same parameters, outputs and BN statistics."""
+  x = rand((2, 6, 6, 4), seed=3)
+  nhwc = OpContext(train=True, affine=affine, pool_bn=True)
+  cnhw = OpContext(train=True, affine=affine, pool_bn=True, layout="CNHW")
+  for name in ops.PAPER10 + ("nor_conv_1x1",):
+    assert ops.get_op(name).channel_major, name
+    mod = OpCall(name, 4, stride, nhwc)
+    v = mod.init(jax.random.PRNGKey(1), x)
+    if affine:  # non-trivial scale and bias
+      v = jax.tree.map(lambda a: a + 0.1 * rand(a.shape, seed=7), v)
+    y, s = mod.apply(v, x, mutable=["batch_stats"])
+    yc, sc = OpCall(name, 4, stride, cnhw).apply(
+      v, layers.to_layout(x, "NHWC", "CNHW"), mutable=["batch_stats"]
+    )
+    np.testing.assert_allclose(layers.to_layout(yc, "CNHW", "NHWC"), y, atol=1e-5, err_msg=name)
+    chex.assert_trees_all_close(sc, s, atol=1e-6)
+
+
+def test_layout_helpers():
+  x = rand((2, 5, 7, 3))
+  c = layers.to_layout(x, "NHWC", "CNHW")
+  assert c.shape == (3, 2, 5, 7)
+  np.testing.assert_array_equal(layers.to_layout(c, "CNHW", "NHWC"), x)
+  np.testing.assert_array_equal(
+    layers.to_layout(layers.spatial_slice(c, "CNHW", 1, 2), "CNHW", "NHWC"),
+    layers.spatial_slice(x, "NHWC", 1, 2),
+  )
+  with pytest.raises(ValueError, match="layout must be one of"):
+    layers.channel_axis("NCHW")

@@ -286,3 +286,62 @@ def test_drop_path_is_per_sample_and_off_in_eval():
   c = run(0.0, jax.random.PRNGKey(1))
   assert not np.allclose(a[0], b[0])
   np.testing.assert_allclose(c[0], jax.jit(lambda: dag.apply(v, xs, w))()[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+def test_dag_layout_and_remat_keep_values_gradients_and_statistics(reduction):
+  """CNHW + rematerialised scan body (the CPU default) = NHWC without remat, exactly
+  up to float rounding: outputs, gradients w.r.t. weights and mixing weights, BN updates."""
+  op_set = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3")
+  op_set += ("dil_conv_3x3", "nor_conv_3x3")
+  ctx = OpContext(train=True)
+  topo = Topology(2, 3, concat_last=not reduction)  # the stems' concatenating last node too
+  xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 6, 6, 4)) for i in range(2)]
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(9), (topo.num_edges, len(op_set))))
+
+  def run(layout, remat):
+    dag = MixedDAG(topo, op_set, 4, reduction, ctx, drop_path=True, remat=remat, layout=layout)
+    v = jax.jit(dag.init)(jax.random.PRNGKey(0), xs, w)
+    rngs = {"dropout": jax.random.PRNGKey(4)}
+
+    def loss(params, w):
+      vv = {"params": params, "batch_stats": v["batch_stats"]}
+      out, st = dag.apply(vv, xs, w, 0.3, rngs=rngs, mutable=["batch_stats"])
+      return sum(jnp.sum(o * jnp.cos(o)) for o in out), (out, st)
+
+    grads, (out, st) = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(v["params"], w)
+    return out, grads, st
+
+  ref = run("NHWC", False)
+  got = run("CNHW", True)
+  chex.assert_trees_all_close(got, ref, atol=1e-4, rtol=2e-4)
+  # A pooling op runs once per source; every target slot gets its statistics.
+  stride = 2 if reduction else 1
+  pool = ref[2]["batch_stats"][search_param_name(0, "max_pool_3x3")]
+  for t in range(2):
+    _, own = OpCall("max_pool_3x3", 4, stride, ctx).init_with_output(jax.random.PRNGKey(0), xs[t])
+    _, upd = OpCall("max_pool_3x3", 4, stride, ctx).apply(own, xs[t], mutable=["batch_stats"])
+    for j in range(topo.n_inner):
+      slot = jax.tree.map(lambda a, t=t, j=j: a[t, j], pool)
+      chex.assert_trees_all_close(slot, upd["batch_stats"], atol=1e-6)
+
+
+def test_dag_layout_auto_and_errors():
+  spec = tiny_spec()
+  assert spec.dag_layout == "auto" and spec.resolved_dag_layout() == "CNHW"  # CPU, built-in ops
+  assert tiny_spec(dag_layout="NHWC").resolved_dag_layout() == "NHWC"
+  with pytest.raises(ValueError, match="dag_layout must be one of"):
+    tiny_spec(dag_layout="NCHW")
+
+
+def test_weighted_fan_out_gradient():
+  from dlsjax.cells import weighted_fan_out
+
+  y = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 5, 5))  # CNHW node
+  c = jax.random.normal(jax.random.PRNGKey(1), (2, 3))  # [J, B]
+  g = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 3, 5, 5))
+  plain = lambda y, c: jnp.sum(c[:, None, :, None, None] * y[None] * g)
+  fused = lambda y, c: jnp.sum(weighted_fan_out(y, c, "CNHW") * g)
+  chex.assert_trees_all_close(
+    jax.grad(fused, (0, 1))(y, c), jax.grad(plain, (0, 1))(y, c), atol=1e-5
+  )
