@@ -345,3 +345,6 @@ def test_weighted_fan_out_gradient():
   chex.assert_trees_all_close(
     jax.grad(fused, (0, 1))(y, c), jax.grad(plain, (0, 1))(y, c), atol=1e-5
   )
+  # Forward over reverse (the second-order search step's Hessian-vector products).
+  hvp = lambda f: jax.jvp(jax.grad(f, (0, 1)), (y, c), (y, c))[1]
+  chex.assert_trees_all_close(hvp(fused), hvp(plain), atol=1e-4)
