@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +78,10 @@ def test_registered_op_can_be_searched_and_derived():
   spec = tiny_spec(
     op_set=op_set, modalities=(Modality("WL", 3, False),), fusing_stem="identity", fl_stem="off"
   )
+  # Registered without channel_major=True: the supernet keeps its DAGs in NHWC for it.
+  assert spec.resolved_dag_layout() == "NHWC"
+  with pytest.raises(ValueError, match="test_nor_conv_7x7"):
+    dataclasses.replace(spec, dag_layout="CNHW")
   v = supernet.init(spec, jax.random.PRNGKey(0))
   alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))
   masks = supernet.init_masks(spec)

@@ -242,3 +242,26 @@ def test_layout_helpers():
   )
   with pytest.raises(ValueError, match="layout must be one of"):
     layers.channel_axis("NCHW")
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "CNHW"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_derivative_is_the_first_window_maximum(layout, stride):
+  from jax import lax
+
+  x = rand((2, 6, 6, 3), seed=5)
+  x = layers.to_layout(x, "NHWC", layout)
+  g = rand(layers.max_pool_3x3(x, stride, layout).shape, seed=6)
+  window, strides, pad = layers._pool_window(stride, layout)
+  ref = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pad)
+  ours = lambda x: layers.max_pool_3x3(x, stride, layout)
+  np.testing.assert_array_equal(ours(x), ref(x))
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * g))(x)
+  np.testing.assert_allclose(grad(ours), grad(ref), atol=1e-6)
+  # A tie routes the gradient to one position only (the first in row-major order).
+  flat = jnp.zeros_like(x)
+  assert float(jnp.sum(jax.grad(lambda x: jnp.sum(ours(x)))(flat))) == g.size
+  # Forward over reverse, as the second-order search step uses it.
+  v = rand(x.shape, seed=8)
+  hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(f(x) ** 2)), (x,), (v,))
+  chex.assert_trees_all_close(hvp(ours), hvp(ref), atol=1e-5)
