@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 
 import jax
@@ -85,3 +87,31 @@ class Checkpoints:
 
   def close(self) -> None:
     self._mgr.close()
+
+
+def trim_epoch_log(path: str | pathlib.Path, completed_epochs: int) -> int:
+  """Drop the records of ``path`` (JSON lines with ``epoch``) past ``completed_epochs``.
+
+  A run killed between writing an epoch's record and committing that epoch's
+  checkpoint resumes before the epoch and would record it twice; the resumed
+  run calls this with the checkpoint's epoch first. Returns the number of
+  records dropped; the file is replaced atomically.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return 0
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a record cut off by the kill
+      continue
+    if int(record.get("epoch", 0)) <= completed_epochs:
+      keep.append(line)
+  dropped = len(lines) - len(keep)
+  if dropped:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+  return dropped

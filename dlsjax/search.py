@@ -116,6 +116,10 @@ def search(
     raise SearchError(str(e)) from None
   if had_checkpoint:
     log.info("resuming at epoch %d, batch %d (step %d)", epoch + 1, start, int(state["step"]))
+    if proc == 0 and checkpoint.trim_epoch_log(workdir / "metrics.jsonl", epoch):
+      log.info(
+        "metrics.jsonl: dropped the records after epoch %d (redone from the checkpoint)", epoch
+      )
   elif resume:
     log.info("%s: no checkpoint, starting a new search", workdir)
   (workdir / "config.json").write_text(config.to_json(indent=2))

@@ -304,6 +304,8 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
         log.info("%s: finished (%d epochs), kept", run_dir, epoch)
         return
       log.info("%s: resuming at epoch %d, batch %d", run_dir, epoch + 1, start)
+      if proc == 0:
+        checkpoint.trim_epoch_log(run_dir / "metrics.jsonl", epoch)
     writer = tblog.writer(run_dir) if proc == 0 else None
     dstate = runner.replicate(state)
     rng = jax.random.PRNGKey(seed + 1)
