@@ -179,7 +179,7 @@ class Network(nn.Module):
           ctx=ctx,
           drop_path=drop_path,
           unroll=spec.scan_unroll,
-          remat=spec.dag_remat,
+          remat=spec.resolved_dag_remat(),
           dag_layout=spec.resolved_dag_layout(),
           **kw,
         ), w

@@ -348,3 +348,13 @@ def test_weighted_fan_out_gradient():
   # Forward over reverse (the second-order search step's Hessian-vector products).
   hvp = lambda f: jax.jvp(jax.grad(f, (0, 1)), (y, c), (y, c))[1]
   chex.assert_trees_all_close(hvp(fused), hvp(plain), atol=1e-4)
+
+
+def test_dag_remat_option():
+  cfg = get_config("paper")
+  assert netspec.spec_from_config(cfg.model).resolved_dag_remat()  # auto: on on CPU
+  cfg.model.dag_remat = "off"
+  assert not netspec.spec_from_config(cfg.model).resolved_dag_remat()
+  cfg.model.dag_remat = "sometimes"
+  with pytest.raises(ValueError, match="dag_remat must be"):
+    netspec.spec_from_config(cfg.model)

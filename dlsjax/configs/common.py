@@ -45,7 +45,8 @@ def paper_model() -> ml_collections.ConfigDict:
   # Recompute each source node's operations in the backward pass instead of
   # keeping their intermediates (jax.checkpoint of the supernet's scan body):
   # same values, 1/3 of the memory and faster on a CPU (benchmarks/RESULTS.md).
-  m.dag_remat = True
+  # auto (on CPU only: not measured on GPUs) | on | off.
+  m.dag_remat = "auto"
   # Layout of the supernet's node tensors: auto (CPU: channel-major CNHW when
   # every op supports it) | NHWC | CNHW. Same values; see netspec.py.
   m.dag_layout = "auto"
