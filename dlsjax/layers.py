@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 DEPTHWISE_IMPLS = ("auto", "xla", "dense", "toeplitz")
 LAYOUTS = ("NHWC", "CNHW")
 
