@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from dlsjax import ops
-from dlsjax.layers import OpContext, to_layout
+from dlsjax.layers import OpContext, channel_axis, to_layout
 from dlsjax.topology import Topology
 
 
@@ -60,6 +60,13 @@ def drop_path_mask(rng, keep_prob, shape):
   return keep.astype(jnp.float32) / keep_prob
 
 
+def per_slot(coef_JB, layout: str):
+  """Per-(slot, sample) coefficients ``[J, B]`` shaped to broadcast against ``[J, *node]``."""
+  if layout == "NHWC":
+    return coef_JB[:, :, None, None, None]
+  return coef_JB[:, None, :, None, None]
+
+
 def weighted_fan_out(y, coef_JB, layout: str):
   """``coef[j, b] * y`` for every slot ``j``: one shared op output mixed into ``J`` targets.
 
@@ -69,9 +76,8 @@ def weighted_fan_out(y, coef_JB, layout: str):
   ran ~30x slower (measured on a 2-core CPU, ``[4, 64, 32, 32, 16]``: 15 ms
   vs 0.5 ms). Plain JAX, so forward-mode autodiff (second order) works too.
   """
-  n, batch = coef_JB.shape
-  shape = (batch, 1, 1, 1) if layout == "NHWC" else (1, batch, 1, 1)
-  return jnp.stack([coef_JB[j].reshape(shape) * y for j in range(n)])
+  c = per_slot(coef_JB, layout)
+  return jnp.stack([c[j] * y for j in range(c.shape[0])])
 
 
 def _finish(topology: Topology, inner_index: int, parts: list):
@@ -182,16 +188,14 @@ class MixedDAG(nn.Module):
       )
       drop_SJBK = jnp.transpose(drop_BEK[:, safe, :], (1, 2, 0, 3))
     x_in = jnp.stack([to_layout(x, "NHWC", layout) for x in inputs])  # [n_in, *node]
-    node_shape = to_layout(jnp.zeros((batch, out_res, out_res, self.C)), "NHWC", layout).shape
+    node_shape = (batch, out_res, out_res, self.C)
+    if layout == "CNHW":
+      node_shape = (self.C, batch, out_res, out_res)
     nodes = jnp.zeros((n_in + n_inner, *node_shape), inputs[0].dtype)
     if in_stride == 1:
       nodes = nodes.at[:n_in].set(x_in)
     n_src = n_in + n_inner - 1
     last = jnp.zeros((n_src, *node_shape), nodes.dtype)
-    # Per-(slot, sample) coefficients broadcast against an op's [J, *node] output.
-    coef_dims = (slice(None), slice(None), None, None, None)
-    if layout == "CNHW":
-      coef_dims = (slice(None), None, slice(None), None, None)
     concat_last = topo.concat_last
     stats_mutable = self.is_mutable_collection("batch_stats")
 
@@ -246,7 +250,7 @@ class MixedDAG(nn.Module):
             # Per-slot parameters, shared input (a kxk conv becomes one conv
             # with J * C outputs, a depthwise one a matmul batched over slots).
             y, new_s[k] = jax.vmap(one, in_axes=(0, 0, None))(p_t[k], s_t[k], x)
-            term = coef_t[:, :, k][coef_dims] * y
+            term = per_slot(coef_t[:, :, k], layout) * y
           else:
             # No parameters (pooling, identity): the same input on every slot
             # gives the same output and the same BatchNorm statistics, so the op
@@ -275,8 +279,7 @@ class MixedDAG(nn.Module):
 
     inner = [nodes[n_in + j] for j in range(n_inner)]
     if concat_last:
-      c_axis = -1 if layout == "NHWC" else 0
-      inner[-1] = jnp.concatenate([last[t] for t in range(n_src)], axis=c_axis)
+      inner[-1] = jnp.concatenate([last[t] for t in range(n_src)], axis=channel_axis(layout))
     return [to_layout(x, layout, "NHWC") for x in inner]
 
 

@@ -276,6 +276,11 @@ def depthwise_conv(
   return conv(x, dense, **kw)
 
 
+def _height_axis(layout: str) -> int:
+  """The first of the two spatial axes (height, then width) of a 4-D tensor in ``layout``."""
+  return 1 if channel_axis(layout) == -1 else 2
+
+
 def _pool_window(stride: int, layout: str):
   """(window, strides, padding) of a 3x3 pooling with padding 1 in ``layout``."""
   if channel_axis(layout) == -1:
@@ -288,19 +293,15 @@ def max_pool_3x3(x, stride: int, layout: str = "NHWC"):
   return _max_pool(x, stride, layout)
 
 
-def _max_pool_forward(x, stride: int, layout: str):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _max_pool(x, stride: int, layout: str):
   window, strides, pad = _pool_window(stride, layout)
   return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, pad)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _max_pool(x, stride: int, layout: str):
-  return _max_pool_forward(x, stride, layout)
-
-
 def _pool_taps(x, stride: int, layout: str, fill: float):
   """The nine strided 3x3 window taps of ``x`` padded by 1 with ``fill``, row-major."""
-  h_axis = 1 if channel_axis(layout) == -1 else 2
+  h_axis = _height_axis(layout)
   pads = [(0, 0, 0)] * x.ndim
   pads[h_axis] = pads[h_axis + 1] = (1, 1, 0)
   xp = lax.pad(x, jnp.asarray(fill, x.dtype), pads)
@@ -330,7 +331,7 @@ def _max_pool_jvp(stride, layout, primals, tangents):
   forward time on a 2-core CPU. Plain JAX: forward-over-reverse works too.
   """
   (x,), (dx,) = primals, tangents
-  y = _max_pool_forward(x, stride, layout)
+  y = _max_pool(x, stride, layout)
   taken = None
   dy = jnp.zeros_like(y)
   for xt, dxt in zip(
@@ -346,8 +347,9 @@ def avg_pool_3x3(x, stride: int, layout: str = "NHWC"):
   """3x3 average pooling, padding 1, padded cells excluded from the count."""
   window, strides, pad = _pool_window(stride, layout)
   total = lax.reduce_window(x, 0.0, lax.add, window, strides, pad)
-  hw = x.shape[1:3] if channel_axis(layout) == -1 else x.shape[2:4]
-  ones_shape = (1, *hw, 1) if channel_axis(layout) == -1 else (1, 1, *hw)
+  h_axis = _height_axis(layout)
+  ones_shape = [1] * x.ndim
+  ones_shape[h_axis : h_axis + 2] = x.shape[h_axis : h_axis + 2]
   ones = jnp.ones(ones_shape, x.dtype)
   count = lax.reduce_window(ones, 0.0, lax.add, window, strides, pad)
   return total / count
