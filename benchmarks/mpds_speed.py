@@ -34,8 +34,7 @@ def main(argv=None) -> int:
   ap.add_argument("--c-sin", type=int, default=8, help="model.c_sin_search (paper: 48)")
   ap.add_argument("--resolution", type=int, default=32, help="paper: 64")
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
-  ap.add_argument("--chunk", type=int, default=9, help="candidates per vmapped call")
-  ap.add_argument("--batch-parts", default="group", choices=derive.BATCH_PARTS)
+  ap.add_argument("--chunk", type=int, default=0, help="candidates per vmapped call (0: an edge's)")
   ap.add_argument("--only", choices=["vmapped", "loop"], help="run one side (no comparison)")
   args = ap.parse_args(argv)
   runtime.setup()
@@ -62,7 +61,6 @@ def main(argv=None) -> int:
     "resolution": args.resolution,
     "batch": args.batch,
     "chunk": args.chunk,
-    "batch_parts": args.batch_parts,
     "parts": list(spec.topologies()),
     "ops": len(spec.op_set),
     "devices": jax.local_device_count(),
@@ -71,9 +69,7 @@ def main(argv=None) -> int:
   results = {}
   sides = [args.only] if args.only else ["vmapped", "loop"]
   for side in sides:
-    opts = derive.DeriveOptions(
-      chunk=args.chunk, vmap=side == "vmapped", batch_parts=args.batch_parts
-    )
+    opts = derive.DeriveOptions(chunk=args.chunk, vmap=side == "vmapped")
     t = time.perf_counter()
     ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
     masks, entries = derive.run_decisions(ev, derive.decisions(spec), progress=True)

@@ -20,6 +20,7 @@ test relies on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -114,6 +115,23 @@ def edge_slot(topology: Topology, reduction: bool, edge: int) -> tuple[int, int,
   raise AssertionError(edge)
 
 
+def _scans(t0: int, t1: int, stride: int, n_in: int, split_inputs: bool):
+  """``(first source, end source, reads the part's inputs)`` per ``lax.scan`` of run ``[t0, t1)``.
+
+  A strided run holds input sources only and reads the part's inputs. With
+  ``split_inputs`` a stride-1 run that starts with the input sources scans
+  them separately, reading the inputs rather than the carried node tensor:
+  same values, one more compiled body, and under a ``vmap`` over masks (a
+  derivation scoring candidates) the operations on the inputs stay
+  unbatched, i.e. they run once for all candidates instead of once each.
+  """
+  if stride != 1:
+    return ((t0, t1, True),)
+  if split_inputs and t0 < n_in < t1:
+    return ((t0, n_in, True), (n_in, t1, False))
+  return ((t0, t1, False),)
+
+
 def search_param_name(run: int, op_name: str) -> str:
   return f"run{run}_{op_name}"
 
@@ -161,6 +179,7 @@ class MixedDAG(nn.Module):
   unroll: bool = False
   remat: bool = False
   layout: str = "NHWC"
+  split_inputs: bool = False
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], weights_EK: jax.Array, drop_prob=0.0):
@@ -232,13 +251,10 @@ class MixedDAG(nn.Module):
         ident = np.array([ops.get_op(n).identity_at_stride1 and stride == 1 for n in self.op_set])
         coef = coef * jnp.where(jnp.asarray(ident), 1.0, drop_SJBK[t0:t1])
 
-      def body(carry, xs, t0=t0, stride=stride, mods=mods):
+      def body(carry, xs, reads_inputs, mods=mods):
         nodes, last = carry
         t, p_t, s_t, coef_t = xs
-        if t0 < n_in and stride != 1:
-          x = lax.dynamic_index_in_dim(x_in, t, keepdims=False)
-        else:
-          x = lax.dynamic_index_in_dim(nodes, t, keepdims=False)
+        x = lax.dynamic_index_in_dim(x_in if reads_inputs else nodes, t, keepdims=False)
         total, new_s = None, {}
         for k, mod in mods.items():
 
@@ -266,11 +282,21 @@ class MixedDAG(nn.Module):
         nodes = nodes.at[n_in:].add(total)
         return (nodes, last), new_s
 
-      ts = jnp.arange(t0, t1)
-      if self.remat and not self.is_initializing():
-        body = jax.checkpoint(body)
-      (nodes, last), new_stats = lax.scan(
-        body, (nodes, last), (ts, params, stats, coef), unroll=n_t if self.unroll else 1
+      pieces = []
+      for lo, hi, reads_inputs in _scans(t0, t1, stride, n_in, self.split_inputs):
+        rows = slice(lo - t0, hi - t0)
+        fn = functools.partial(body, reads_inputs=reads_inputs)
+        if self.remat and not self.is_initializing():
+          fn = jax.checkpoint(fn)
+        (nodes, last), piece = lax.scan(
+          fn,
+          (nodes, last),
+          (jnp.arange(lo, hi), *jax.tree.map(lambda v, r=rows: v[r], (params, stats, coef))),
+          unroll=hi - lo if self.unroll else 1,
+        )
+        pieces.append(piece)
+      new_stats = (
+        pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)
       )
       if stats_mutable and not self.is_initializing():
         for k, key in stat_keys:

@@ -27,15 +27,14 @@ statistics, as the PT code does; the metric (``accuracy``, ``loss`` or
 split in fixed batches of ``derive.batch_size`` (the last partial batch is
 dropped: with batch statistics a zero-padded batch would change every
 example's normalisation). All candidates of one decision run in one
-``jax.vmap`` over their mask pytrees, ``derive.chunk`` at a time, over all
-local devices; masks are traced arguments, so nothing recompiles per edge,
-candidate or decision. ``derive.batch_parts`` says whose masks get the
-candidate axis: ``group`` (default) those of the decided part's group (the
-stems, or the cells), so while a cell is decided both stems run once per
-batch instead of once per candidate, for two compilations in all; ``part``
-only the decided part (one compilation per part); ``all`` every part (one
-compilation, the stems recomputed per candidate). Measured trade-offs in
-benchmarks/RESULTS.md.
+``jax.vmap`` over their mask pytrees, ``derive.chunk`` at a time (default:
+the non-``none`` operations of an edge, one call per edge), over all local
+devices; masks are traced arguments, so nothing recompiles per edge,
+candidate or decision. The network runs in stages so that what the decided
+part cannot change is computed once, not once per candidate: the stem
+outputs are cached per batch while a cell (or the other stem) is decided,
+and inside a stem the operations on its inputs are left out of the vmap
+(see ``Evaluator``). Measured in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -60,8 +59,9 @@ log = logging.getLogger(__name__)
 
 METHODS = ("mpds", "argmax", "pt")
 METRICS = ("accuracy", "loss", "auc")
-BATCH_PARTS = ("group", "part", "all")
-PART_GROUPS = {"fusing": "stems", "fl": "stems", "normal": "cells", "reduce": "cells"}
+# The learnable stems and the outputs they give the cells (``network.STAGES``).
+STEM_FEATURES = {"fusing": "fused", "fl": "fl"}
+FEATURE_PART = {v: k for k, v in STEM_FEATURES.items()}
 
 
 class DeriveError(RuntimeError):
@@ -76,9 +76,8 @@ class DeriveOptions:
   metric: str = "accuracy"
   batch_size: int = 16  # validation batch (the search batch in the paper preset)
   max_images: int = 0  # metric on the first N images of the alpha half (0: all)
-  chunk: int = 8  # candidates per vmapped evaluation
+  chunk: int = 0  # candidates per vmapped evaluation (0: the non-zero ops, one call per edge)
   vmap: bool = True  # False: one compiled call per candidate (the reference loop)
-  batch_parts: str = "group"  # group | part | all: whose masks carry the candidate axis
   pt_tune_epochs: int = 5
   pt_tune_max_steps: int = 0  # cap on the weight steps of one tuning period (0: none)
   pt_lr_factor: float = 0.1
@@ -89,10 +88,8 @@ class DeriveOptions:
       raise ValueError(f"derive.method must be one of {METHODS}, got {self.method!r}")
     if self.metric not in METRICS:
       raise ValueError(f"derive.metric must be one of {METRICS}, got {self.metric!r}")
-    if self.batch_parts not in BATCH_PARTS:
-      raise ValueError(f"derive.batch_parts must be one of {BATCH_PARTS}, got {self.batch_parts!r}")
-    if self.chunk < 1 or self.batch_size < 1:
-      raise ValueError(f"derive.chunk and derive.batch_size must be >= 1, got {self}")
+    if self.chunk < 0 or self.batch_size < 1:
+      raise ValueError(f"derive.chunk must be >= 0 and derive.batch_size >= 1, got {self}")
 
   @classmethod
   def from_config(cls, derive_cfg, **overrides) -> DeriveOptions:
@@ -152,9 +149,17 @@ class Evaluator:
   """Scores masked supernets on fixed validation batches, many candidates per call.
 
   ``scores(part, candidates)`` returns the metric per candidate (numpy).
-  ``compilations`` counts traces of the scoring function (each trace is one
-  compilation): one per group of parts (``batch_parts``), never one per
-  edge, candidate or decision.
+
+  The vmapped scoring runs the network in stages (``network.STAGES``), each
+  compiled once: the stems without a candidate axis, each learnable stem
+  with one, and the cells with one. The outputs of the stems are cached per
+  validation batch, keyed by their masks: while a cell is decided both stems
+  are computed once for the whole part, and while a stem is decided the
+  other stem's output is reused. Inside a stem the operations on its inputs
+  run once per batch (``NetworkSpec.dag_split_inputs``); only what follows
+  the decided part runs once per candidate. ``compilations`` counts traces
+  (each one compilation), never one per edge, candidate or decision. The
+  reference loop (``vmap=False``) runs the whole network per candidate.
   """
 
   def __init__(
@@ -172,10 +177,18 @@ class Evaluator:
   ):
     if not batches:
       raise DeriveError("no validation batch to score candidates on")
-    self.spec, self.opts = spec, opts
+    # Scoring splits each learnable stem's input sources into a scan of
+    # their own, so the candidate vmap leaves their operations unbatched (a
+    # stem's inputs never depend on the candidate). The loop runs the same
+    # network (same values either way).
+    self.spec = dataclasses.replace(spec, dag_split_inputs=True)
+    self.opts = opts
+    self.chunk = opts.chunk or max(len(_op_candidates(spec.op_set)), 1)
     self.compilations = 0
     self.evaluations = 0  # candidate evaluations (each over all batches)
+    self.stem_passes = 0  # times the cached stem outputs were computed (over all batches)
     self.parts = tuple(spec.topologies())
+    self.stem_parts = tuple(p for p in self.parts if p in STEM_FEATURES)
     self._runners: dict[str, sharding.Runner] = {}
     self._focal = (focal_gamma, focal_alpha)
     self.layout = sharding.Layout(mode, devices)
@@ -189,96 +202,166 @@ class Evaluator:
     v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     self._variables = self.layout.replicate(v)
     self._alphas = self.layout.replicate(alphas)
+    self._features: dict[str, tuple[bytes, list]] = {}  # stem output -> (masks key, per batch)
 
-  # -- the per-device function ------------------------------------------------
-  def _score_one(self, variables, alphas, masks, batch):
-    logits, _ = supernet.apply(
+  # -- the per-device functions -----------------------------------------------
+  def _apply(self, variables, alphas, masks, images, **stage):
+    out, _ = supernet.apply(
       variables,
-      batch["images"],
+      images,
       alphas,
       masks,
       spec=self.spec,
       train=True,
       update_stats=False,
       bn_axis_name=sharding.AXIS,
+      **stage,
     )
+    return out
+
+  def _sums(self, logits, label):
+    """``(psum of [correct, focal loss sum], probabilities)`` of one device's batch."""
     gamma, alpha = self._focal
     b = logits.shape[0]
-    target = jax.nn.one_hot(batch["label"], logits.shape[-1])
+    target = jax.nn.one_hot(label, logits.shape[-1])
     loss_sum = b * losses.focal_loss(logits, target, gamma=gamma, alpha=alpha)
-    correct = b * losses.accuracy(logits, batch["label"])
+    correct = b * losses.accuracy(logits, label)
     sums = jax.lax.psum(jnp.stack([correct, loss_sum]), sharding.AXIS)
     return sums, jax.nn.softmax(logits.astype(jnp.float32), -1)
 
-  def _runner(self, part: str | None) -> sharding.Runner:
-    key = "loop" if part is None else self._group(part)
-    if key not in self._runners:
+  def _make_runner(self, fn, in_kinds, out_kinds) -> sharding.Runner:
+    def traced(*args):
+      self.compilations += 1  # runs at trace time only
+      return fn(*args)
+
+    return sharding.Runner(
+      traced,
+      mode=self.layout.mode,
+      devices=self.layout.devices,
+      donate=False,
+      in_kinds=in_kinds,
+      out_kinds=out_kinds,
+    )
+
+  def _runner(self, name: str) -> sharding.Runner:
+    """The compiled stage ``name``: ``loop``, ``stems``, ``cells``, ``broadcast`` or a stem part."""
+    if name in self._runners:
+      return self._runners[name]
+    R, B, H = sharding.REPLICATED, sharding.BATCH, sharding.HOST
+    L = sharding.LOCAL
+    if name == "loop":
 
       def fn(variables, alphas, masks, batch):
-        self.compilations += 1  # runs at trace time only
-        if part is None:
-          sums, probs = self._score_one(variables, alphas, masks, batch)
-          return sums[None], probs[:, None]
-        axes = {p: 0 if self._batched(p, part) else None for p in masks}
-        sums, probs = jax.vmap(self._score_one, in_axes=(None, None, axes, None))(
-          variables, alphas, masks, batch
+        sums, probs = self._sums(
+          self._apply(variables, alphas, masks, batch["images"]), batch["label"]
         )
+        return sums[None], probs[:, None]
+
+      runner = self._make_runner(fn, (R, R, H, B), (H, B))
+    elif name == "stems":  # no candidate axis: the cached stem outputs
+
+      def fn(variables, alphas, masks, batch):
+        return (self._apply(variables, alphas, masks, batch["images"], stage="stems"),)
+
+      runner = self._make_runner(fn, (R, R, H, B), (L,))
+    elif name in self.stem_parts:  # one stem, candidate axis 1: [batch, candidates, ...]
+
+      def fn(variables, alphas, masks, batch, part=name):
+        def one(m):
+          return self._apply(variables, alphas, m, batch["images"], stage=part)
+
+        return (jax.vmap(one, out_axes=1)(masks),)
+
+      runner = self._make_runner(fn, (R, R, H, B), (L,))
+    elif name == "broadcast":  # a cached stem output to every candidate
+
+      def fn(x):  # one array at a time: one trace serves every stem output
+        return (jnp.broadcast_to(x[:, None], (x.shape[0], self.chunk, *x.shape[1:])),)
+
+      runner = self._make_runner(fn, (B,), (L,))
+    elif name == "cells":  # stem outputs and cell masks with a candidate axis
+
+      def fn(variables, alphas, masks, features, batch):
+        def one(m, f):
+          logits = self._apply(variables, alphas, m, None, stage="cells", stem_features=f)
+          return self._sums(logits, batch["label"])
+
+        sums, probs = jax.vmap(one, in_axes=(0, 1))(masks, features)
         return sums, jnp.swapaxes(probs, 0, 1)  # [batch, candidates, classes]
 
-      self._runners[key] = sharding.Runner(
-        fn,
-        mode=self.layout.mode,
-        devices=self.layout.devices,
-        donate=False,
-        in_kinds=(sharding.REPLICATED, sharding.REPLICATED, sharding.HOST, sharding.BATCH),
-        out_kinds=(sharding.HOST, sharding.BATCH),
-      )
-    return self._runners[key]
+      runner = self._make_runner(fn, (R, R, H, B, B), (H, B))
+    else:
+      raise AssertionError(name)
+    self._runners[name] = runner
+    return runner
 
-  def _group(self, part: str) -> str:
-    mode = self.opts.batch_parts
-    return "all" if mode == "all" else part if mode == "part" else PART_GROUPS.get(part, part)
+  # -- stem outputs, cached ---------------------------------------------------
+  def _stem_key(self, masks: dict, feature: str) -> bytes:
+    part = FEATURE_PART[feature]
+    if part not in masks:
+      return b""  # not learnable: it never changes
+    return b"".join(np.ascontiguousarray(masks[part][k]).tobytes() for k in sorted(masks[part]))
 
-  def _batched(self, p: str, part: str) -> bool:
-    """Whether part ``p``'s masks carry the candidate axis while ``part`` is decided."""
-    return self._group(p) == self._group(part) or self.opts.batch_parts == "all"
+  def _cached_features(self, masks: dict, wanted: Sequence[str]) -> list[dict]:
+    """Per batch, the stem outputs ``wanted`` (``fused``/``fl``) under ``masks``."""
+    stale = [f for f in wanted if self._features.get(f, (None,))[0] != self._stem_key(masks, f)]
+    if stale:
+      self.stem_passes += 1
+      runner = self._runner("stems")
+      stems = {p: masks[p] for p in self.stem_parts}
+      outs = [runner(self._variables, self._alphas, stems, b)[0] for b in self.batches]
+      for f in outs[0]:
+        self._features[f] = (self._stem_key(masks, f), [o[f] for o in outs])
+    return [{f: self._features[f][1][i] for f in wanted} for i in range(len(self.batches))]
 
-  def _stack(self, part: str, candidates: Sequence[dict]) -> dict:
-    """Candidates' masks with a leading axis on the batched parts only."""
-    out = {}
-    for p in candidates[0]:
-      if self._batched(p, part):
-        out[p] = jax.tree.map(lambda *xs: np.stack(xs), *[c[p] for c in candidates])
-      else:
-        out[p] = candidates[0][p]
-        for c in candidates[1:]:
-          for k, v in c[p].items():
-            if not np.array_equal(v, out[p][k]):
-              raise ValueError(f"candidates differ in part {p!r}, which is not batched")
-    return out
+  # -- scoring -----------------------------------------------------------------
+  def _stack(self, candidates: Sequence[dict], parts: Sequence[str]) -> dict:
+    """The masks of ``parts``, with a leading axis over the candidates."""
+    return {p: jax.tree.map(lambda *xs: np.stack(xs), *[c[p] for c in candidates]) for p in parts}
 
-  def _run(self, runner, masks) -> tuple[np.ndarray, np.ndarray]:
+  def _run_loop(self, masks) -> tuple[np.ndarray, np.ndarray]:
+    runner = self._runner("loop")
     sums, probs = [], []
     for b in self.batches:
       s, pr = runner(self._variables, self._alphas, masks, b)
       sums.append(np.asarray(s))
       probs.append(np.asarray(pr))
+    return np.sum(sums, axis=0), np.concatenate(probs, axis=0)  # [1, 2], [n_val, 1, K]
+
+  def _run_chunk(self, part: str, chunk: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``chunk`` (``self.chunk`` candidates differing in ``part`` only) over all batches."""
+    features = [f for f in STEM_FEATURES.values() if self._has_feature(f)]
+    cached = [f for f in features if FEATURE_PART[f] != part]
+    cells = self._stack(chunk, [p for p in self.parts if p not in self.stem_parts])
+    stem = self._stack(chunk, [part]) if part in self.stem_parts else None
+    cache = self._cached_features(chunk[0], cached) if cached else None
+    cells_runner, bcast = self._runner("cells"), self._runner("broadcast")
+    sums, probs = [], []
+    for i, b in enumerate(self.batches):
+      feats = {f: bcast(x)[0] for f, x in cache[i].items()} if cache else {}
+      if stem is not None:
+        out = self._runner(part)(self._variables, self._alphas, stem, b)[0]
+        feats = {**feats, STEM_FEATURES[part]: out}
+      s, pr = cells_runner(self._variables, self._alphas, cells, feats, {"label": b["label"]})
+      sums.append(np.asarray(s))
+      probs.append(np.asarray(pr))
     return np.sum(sums, axis=0), np.concatenate(probs, axis=0)  # [N, 2], [n_val, N, K]
+
+  def _has_feature(self, feature: str) -> bool:
+    return feature == "fused" or self.spec.has_fl_stem
 
   def raw(self, part: str, candidates: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``(sums [N, 2] = correct, loss sum; probs [n_val, N, K])`` per candidate."""
     n = len(candidates)
     self.evaluations += n
     if not self.opts.vmap:
-      runner = self._runner(None)
-      outs = [self._run(runner, c) for c in candidates]
+      outs = [self._run_loop(c) for c in candidates]
       return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs], axis=1)
-    runner = self._runner(part)
-    k = self.opts.chunk
+    k = self.chunk
     padded = list(candidates) + [candidates[-1]] * (-n % k)
     sums, probs = [], []
     for i in range(0, len(padded), k):
-      s, pr = self._run(runner, self._stack(part, padded[i : i + k]))
+      s, pr = self._run_chunk(part, padded[i : i + k])
       sums.append(s)
       probs.append(pr)
     return np.concatenate(sums)[:n], np.concatenate(probs, axis=1)[:, :n]

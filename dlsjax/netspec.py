@@ -73,6 +73,13 @@ class NetworkSpec:
       depthwise convolutions are channel-major matmuls
       (``layers.depthwise_toeplitz``), so NHWC costs two transposes per
       convolution; values are the same either way.
+    dag_split_inputs: scan the input sources of each learnable stem's DAG
+      separately from its inner sources, reading the stem's inputs directly
+      (``cells._scans``). Same values and parameters, one more compiled body
+      per stem. The derivation sets it: under its ``vmap`` over candidate
+      masks the operations on a stem's inputs (which no candidate changes)
+      then run once, not once per candidate. Not a config option; a search
+      leaves it off.
   """
 
   modalities: tuple[Modality, ...]
@@ -92,6 +99,7 @@ class NetworkSpec:
   scan_unroll: bool = False
   dag_remat: bool | str = "auto"
   dag_layout: str = "auto"
+  dag_split_inputs: bool = False
 
   def __post_init__(self):
     if not self.modalities:

@@ -22,6 +22,13 @@ from dlsjax.netspec import NetworkSpec, modality_images
 from dlsjax.ops import FactorizedReduce, ReLUConvBN
 from dlsjax.topology import Topology
 
+# What ``Network.__call__`` computes: everything; only the stems (their
+# outputs ``{"fused", "fl"}``, the inputs of the cells) or one of them; or
+# only the cells and the head from given stem outputs. The derivation scores
+# stem and cell candidates in separate compiled stages (derive.py).
+STAGES = ("all", "stems", "fusing", "fl", "cells")
+STEM_PARTS = ("fusing", "fl")
+
 
 def mixing_weights(alpha_EK, mask):
   """``w = edge * (one-hot row if decided else softmax(alpha) * op_mask)``; no renormalisation."""
@@ -65,6 +72,7 @@ class Part(nn.Module):
   unroll: bool = False
   remat: bool = False
   dag_layout: str = "NHWC"
+  split_inputs: bool = False
 
   @nn.compact
   def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
@@ -89,6 +97,7 @@ class Part(nn.Module):
         unroll=self.unroll,
         remat=self.remat,
         layout=self.dag_layout,
+        split_inputs=self.split_inputs,
         name="dag",
       )(inputs, weights_EK, drop_prob)
     else:
@@ -146,8 +155,22 @@ class Network(nn.Module):
   pool_bn: bool | None = None
 
   @nn.compact
-  def __call__(self, images, alphas=None, masks=None, *, train: bool, drop_prob=0.0):
+  def __call__(
+    self,
+    images,
+    alphas=None,
+    masks=None,
+    *,
+    train: bool,
+    drop_prob=0.0,
+    stage: str = "all",
+    stem_features=None,
+  ):
     spec = self.spec
+    if stage not in STAGES:
+      raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if (stage == "cells") != (stem_features is not None):
+      raise ValueError("stem_features are given exactly when stage='cells'")
     search = self.genotype is None
     affine = (not search) if self.affine is None else self.affine
     pool_bn = search if self.pool_bn is None else self.pool_bn
@@ -161,7 +184,12 @@ class Network(nn.Module):
     drop_path = train and self.has_rng("dropout")
     topos = spec.topologies()
     if search:
-      missing = [p for p in topos if p not in (alphas or {}) or p not in (masks or {})]
+      used = {"all": topos, "stems": STEM_PARTS, "fusing": ("fusing",), "fl": ("fl",)}.get(
+        stage, [p for p in topos if p not in STEM_PARTS]
+      )
+      missing = [
+        p for p in topos if p in used and (p not in (alphas or {}) or p not in (masks or {}))
+      ]
       if missing:
         raise ValueError(f"alphas/masks lack entries for parts {missing}")
     else:
@@ -181,44 +209,29 @@ class Network(nn.Module):
           unroll=spec.scan_unroll,
           remat=spec.resolved_dag_remat(),
           dag_layout=spec.resolved_dag_layout(),
+          split_inputs=spec.dag_split_inputs and kw.get("is_stem", False),
           **kw,
         ), w
       choice = tuple(int(c) for c in self.genotype[part_name])
       return Part(topo, spec.op_set, ctx=ctx, choice=choice, drop_path=drop_path, **kw), None
 
-    # Manual stems.
-    feats = {}
-    for m, x in zip(spec.modalities, modality_images(spec, images), strict=True):
-      feats[m.name] = ManualStem(spec.c_sin, ctx, name=f"stem_{m.name}")(x)
-
-    # Fusing Stem and FL Stem.
-    c_out = spec.stem_out_channels
-    all_in = [feats[m.name] for m in spec.modalities]
-    if spec.fusing_stem == "learnable":
-      mod, w = part(
-        "fusing",
-        C=spec.c_sin,
-        reduction=False,
-        is_stem=True,
-        C_out=c_out,
-        name="fusing_stem",
-      )
-      fused = mod(all_in, w, drop_prob)
-    elif spec.fusing_stem == "concat":
-      fused = ReLUConvBN(c_out, 1, 1, ctx, name="fusing_stem")(jnp.concatenate(all_in, -1))
+    if stage == "cells":
+      fused, fl = stem_features["fused"], stem_features.get("fl")
     else:
-      fused = all_in[0]
-    fl = None
-    if spec.has_fl_stem:
-      fl_in = [feats[m.name] for m in spec.fluorescence]
-      if spec.fl_stem == "learnable":
-        mod, w = part(
-          "fl", C=spec.c_sin, reduction=False, is_stem=True, C_out=c_out, name="fl_stem"
-        )
-        fl = mod(fl_in, w, drop_prob)
-      else:
-        fl = ReLUConvBN(c_out, 1, 1, ctx, name="fl_stem")(jnp.concatenate(fl_in, -1))
-
+      # Manual stems (only those the stage needs), then the Fusing and FL Stems.
+      needed = spec.fluorescence if stage == "fl" else spec.modalities
+      feats = {
+        m.name: ManualStem(spec.c_sin, ctx, name=f"stem_{m.name}")(x)
+        for m, x in zip(spec.modalities, modality_images(spec, images), strict=True)
+        if m in needed
+      }
+      if stage == "fusing":
+        return self._fusing(feats, ctx, part, drop_prob)
+      if stage == "fl":
+        return self._fl(feats, ctx, part, drop_prob)
+      fused, fl = self._fusing(feats, ctx, part, drop_prob), self._fl(feats, ctx, part, drop_prob)
+      if stage == "stems":
+        return {"fused": fused} if fl is None else {"fused": fused, "fl": fl}
     # Cells.
     s0 = fl if fl is not None else fused
     s1 = fused
@@ -244,3 +257,34 @@ class Network(nn.Module):
     self.sow("intermediates", "features", s1)
     pooled = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(spec.num_classes, name="head")(pooled)
+
+  def _fusing(self, feats, ctx, part, drop_prob):
+    """The Fusing Stem's output from the manual stems' ``feats`` (by modality)."""
+    spec = self.spec
+    all_in = [feats[m.name] for m in spec.modalities]
+    if spec.fusing_stem == "learnable":
+      mod, w = part(
+        "fusing",
+        C=spec.c_sin,
+        reduction=False,
+        is_stem=True,
+        C_out=spec.stem_out_channels,
+        name="fusing_stem",
+      )
+      return mod(all_in, w, drop_prob)
+    if spec.fusing_stem == "concat":
+      conv = ReLUConvBN(spec.stem_out_channels, 1, 1, ctx, name="fusing_stem")
+      return conv(jnp.concatenate(all_in, -1))
+    return all_in[0]
+
+  def _fl(self, feats, ctx, part, drop_prob):
+    """The FL Stem's output (None without one) from the fluorescence manual stems."""
+    spec = self.spec
+    if not spec.has_fl_stem:
+      return None
+    fl_in = [feats[m.name] for m in spec.fluorescence]
+    c_out = spec.stem_out_channels
+    if spec.fl_stem == "learnable":
+      mod, w = part("fl", C=spec.c_sin, reduction=False, is_stem=True, C_out=c_out, name="fl_stem")
+      return mod(fl_in, w, drop_prob)
+    return ReLUConvBN(c_out, 1, 1, ctx, name="fl_stem")(jnp.concatenate(fl_in, -1))

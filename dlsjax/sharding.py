@@ -38,7 +38,7 @@ def maybe_initialize_distributed(enabled: bool | str = "auto") -> None:
     jax.distributed.initialize()
 
 
-REPLICATED, BATCH, HOST = "replicated", "batch", "host"
+REPLICATED, BATCH, HOST, LOCAL = "replicated", "batch", "host", "local"
 
 
 class Layout:
@@ -110,8 +110,10 @@ class Runner(Layout):
   :meth:`shard_batch` for arguments; results come back as one global batch)
   or ``host`` (a small host value copied to every device at each call, e.g. an
   rng; a result of this kind is identical on every device, e.g. a ``pmean``,
-  and comes back once). The defaults describe ``step(state, train_batch,
-  val_batch, rng) -> (state, metrics)``.
+  and comes back once). A ``local`` result is a batch left on the devices in
+  the layout a ``batch`` argument takes, to feed a later call without a
+  round trip (e.g. the cached stem outputs of a derivation). The defaults
+  describe ``step(state, train_batch, val_batch, rng) -> (state, metrics)``.
   """
 
   def __init__(
@@ -130,7 +132,7 @@ class Runner(Layout):
     if mode == "pmap":
       self._fn = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_args)
     else:
-      spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS)}
+      spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS), LOCAL: P(AXIS)}
       mapped = jax.shard_map(
         step_fn,
         mesh=self.mesh,

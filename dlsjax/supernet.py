@@ -104,6 +104,8 @@ def apply(
   drop_prob=0.0,
   update_stats: bool | None = None,
   bn_axis_name: str | None = None,
+  stage: str = "all",
+  stem_features=None,
 ):
   """Logits of the supernet, and the new ``batch_stats`` when they are updated.
 
@@ -111,22 +113,16 @@ def apply(
   update_stats=False`` BatchNorm uses batch statistics without updating the
   running ones (the PT / MPDS derivation setting). Returns
   ``(logits, batch_stats)``; ``batch_stats`` is the input one when not
-  updated.
+  updated. ``stage="stems"`` returns the stem outputs (``{"fused", "fl"}``,
+  the inputs of the cells) instead of logits; ``stage="cells"`` starts from
+  given ``stem_features`` (``images`` is then unused), see ``network.STAGES``.
   """
   update = train if update_stats is None else update_stats
   model = make_supernet(spec, bn_axis_name=bn_axis_name)
   v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  kw = dict(train=train, drop_prob=drop_prob, rngs=rngs, stage=stage, stem_features=stem_features)
   if update:
-    logits, new = model.apply(
-      v,
-      images,
-      alphas,
-      masks,
-      train=train,
-      drop_prob=drop_prob,
-      rngs=rngs,
-      mutable=["batch_stats"],
-    )
+    logits, new = model.apply(v, images, alphas, masks, mutable=["batch_stats"], **kw)
     return logits, new["batch_stats"]
-  logits = model.apply(v, images, alphas, masks, train=train, drop_prob=drop_prob, rngs=rngs)
+  logits = model.apply(v, images, alphas, masks, **kw)
   return logits, variables["batch_stats"]

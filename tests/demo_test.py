@@ -53,14 +53,15 @@ def check_report(w):
   assert [r["epoch"] for r in records] == [1, 2]
   # DropPath ramps linearly: 0 in the first epoch, max/2 in the second of two.
   assert records[0]["drop_prob"] == 0 and records[1]["drop_prob"] == pytest.approx(0.1)
-  # MPDS through the CLI: every edge of every part in order, then nodes; <= 2 compilations.
+  # MPDS through the CLI: every edge of every part in order, then nodes; the fixed stages
+  # (stems, broadcast of their output, cells: no learnable stem here) compile once each.
   from dlsjax import genotype
   from dlsjax.netspec import spec_from_config
 
   spec = spec_from_config(get_config("demo", "tiny").model, phase="search")
   logd = json.loads((w / "search" / "derivation_log.json").read_text())
   assert (logd["method"], logd["metric"]) == ("mpds", "accuracy")
-  assert logd["compilations"] <= 2 and logd["validation_images"] == 8
+  assert logd["compilations"] == 3 and logd["validation_images"] == 8
   edges = [(d["part"], d["edge"]) for d in logd["decisions"] if d["kind"] == "edge"]
   assert edges == [(p, e) for p, t in spec.topologies().items() for e in range(t.num_edges)]
   assert all(d["choice"] != "none" for d in logd["decisions"] if d["kind"] == "edge")

@@ -96,12 +96,12 @@ def trained_like():
 
 
 def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
-  """Same genotype, same per-candidate metrics; compiled once per part, never per candidate."""
+  """Same genotype, same per-candidate metrics; a fixed number of compilations, 4 devices."""
   variables, alphas, batches = trained_like
   runs = {}
   for name, opts, devices in [
     ("loop", derive.DeriveOptions(metric="loss", vmap=False), jax.devices()[:1]),
-    ("vmap", derive.DeriveOptions(metric="loss", chunk=4, batch_parts="part"), jax.devices()),
+    ("vmap", derive.DeriveOptions(metric="loss", chunk=4), jax.devices()),
   ]:
     ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts, devices=devices)
     masks, entries = derive.run_decisions(ev, derive.decisions(NET))
@@ -116,9 +116,12 @@ def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
     )
   # The metric separates the candidates (the comparison is not between constant scores).
   assert len({round(x["metric"], 4) for x in e_vmap[0]["candidates"]}) > 1
-  # Compilations: one for the loop, one per part for the vmapped scoring (4 devices).
+  # Compilations: one for the loop; for the vmapped scoring the stems (no learnable one
+  # here), the broadcast of their output to the candidates and the cells, whatever the
+  # number of decisions. The stem output is computed once for the whole derivation.
   assert ev_loop.compilations == 1
-  assert ev_vmap.compilations == len(NET.topologies())
+  assert ev_vmap.compilations == 3
+  assert ev_vmap.stem_passes == 1
   want = 0
   for t in NET.topologies().values():
     want += t.num_edges * (len(NET.op_set) - 1)  # every non-zero op of every edge
@@ -126,23 +129,64 @@ def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
   assert ev_vmap.evaluations == ev_loop.evaluations == want  # 50 candidates, 2 compilations
 
 
-def test_accuracy_metric_is_identical_in_one_compilation(trained_like):
-  """One compilation per group (cells here) or in total; accuracy counts exact."""
+def test_accuracy_metric_is_identical_and_compiles_once_per_stage(trained_like):
+  """Accuracy counts are exact; more decisions (and chunk sizes) add no compilation."""
   variables, alphas, batches = trained_like
   candidates = [derive.without_op(derive.host_masks(NET), "normal", 0, k) for k in (1, 2)]
   got = {}
-  for name, opts in [
-    ("loop", derive.DeriveOptions(vmap=False)),
-    ("all", derive.DeriveOptions(batch_parts="all", chunk=3)),
-    ("group", derive.DeriveOptions(chunk=2)),
+  for name, opts, n_compiled in [
+    ("loop", derive.DeriveOptions(vmap=False), 1),
+    ("chunk3", derive.DeriveOptions(chunk=3), 3),
+    ("chunk2", derive.DeriveOptions(chunk=2), 3),
   ]:
     ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts)
     got[name] = ev.scores("normal", candidates)
     ev.scores("reduce", candidates[:2])
-    assert ev.compilations == 1, name
-  np.testing.assert_array_equal(got["loop"], got["all"])
-  np.testing.assert_array_equal(got["loop"], got["group"])
-  assert np.all((got["all"] * 16) == np.round(got["all"] * 16))  # counts of 16 examples
+    ev.scores("normal", candidates[::-1])
+    assert ev.compilations == n_compiled, name
+  np.testing.assert_array_equal(got["loop"], got["chunk3"])
+  np.testing.assert_array_equal(got["loop"], got["chunk2"])
+  assert np.all((got["chunk3"] * 16) == np.round(got["chunk3"] * 16))  # counts of 16 examples
+
+
+def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
+  """Fusing and FL Stem candidates: the stem stages, the cached other stem and the cells
+  give the loop's metrics; the cache is recomputed only when a stem's masks change."""
+  spec = dataclasses.replace(SPEC, op_set=("none", "skip_connect", "sep_conv_3x3"))
+  variables = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = jax.tree.map(lambda a: a * 1500.0, supernet.init_alphas(spec, jax.random.PRNGKey(1)))
+  rng = np.random.default_rng(1)
+  r = spec.resolution
+  batches = [
+    {
+      "images": {m.name: rng.random((8, r, r, m.channels), np.float32) for m in spec.modalities},
+      "label": rng.integers(0, spec.num_classes, 8).astype(np.int32),
+    }
+    for _ in range(2)
+  ]
+  base = derive.host_masks(spec)
+  fused_edge = derive.without_edge(base, "fusing", 0)  # a stem decision already taken
+  plan = [
+    ("fusing", [derive.without_op(base, "fusing", 3, k) for k in (1, 2)]),
+    ("fusing", [derive.without_edge(base, "fusing", e) for e in (0, 1, 2)]),
+    ("fl", [derive.without_op(fused_edge, "fl", 1, k) for k in (1, 2)]),
+    ("normal", [derive.without_op(fused_edge, "normal", 0, k) for k in (1, 2)]),
+    ("reduce", [derive.without_edge(fused_edge, "reduce", e) for e in (2, 3, 4)]),
+  ]
+  got = {}
+  for name, opts in [
+    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
+    ("staged", derive.DeriveOptions(metric="loss", chunk=3)),
+  ]:
+    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    got[name] = [ev.scores(part, cands) for part, cands in plan]
+    if name == "staged":
+      # stems, fusing, fl, broadcast, cells; the cached stem outputs were computed for
+      # the fusing decisions (FL), the fl decision (Fusing) and the cells (both).
+      assert ev.compilations == 5 and ev.stem_passes == 3
+  for a, b in zip(got["loop"], got["staged"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5)
+  assert len({round(float(x), 5) for x in got["staged"][0]}) > 1  # the stem's ops matter
 
 
 def test_masks_change_the_score_only_where_applied(trained_like):

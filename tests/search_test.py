@@ -142,7 +142,7 @@ def check_derive_argmax_and_pt(full_run, tmp_path):
 
   pt_dir = tmp_path / "pt"
   shutil.copytree(full_run, pt_dir)
-  overrides = dict(pt_tune_epochs=1, pt_tune_max_steps=1, batch_parts="all")
+  overrides = dict(pt_tune_epochs=1, pt_tune_max_steps=1)
   derive.derive(pt_dir, method="pt", metric="loss", overrides=overrides, progress=False)
   logd = json.loads((pt_dir / "derivation_log.json").read_text())
   assert logd["method"] == "pt" and logd["pt_tuning_steps"] == len(logd["decisions"])

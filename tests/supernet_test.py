@@ -1,6 +1,7 @@
 import chex
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -358,3 +359,75 @@ def test_dag_remat_option():
   cfg.model.dag_remat = "sometimes"
   with pytest.raises(ValueError, match="dag_remat must be"):
     netspec.spec_from_config(cfg.model)
+
+
+def _conv_batch_sizes(fn, *args):
+  """Leading sizes of the images of every convolution in ``fn``'s jaxpr (sub-jaxprs too)."""
+  sizes = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        dims = eqn.params["dimension_numbers"].lhs_spec
+        sizes.append(eqn.invars[0].aval.shape[dims[0]])
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return sizes
+
+
+def test_split_inputs_keeps_values_and_leaves_input_ops_out_of_a_mask_vmap():
+  """``split_inputs`` (the derivation's stems): the same outputs and BN updates, and under a
+  vmap over mixing weights the convolutions on the inputs run once, unbatched."""
+  op_set = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "nor_conv_3x3")
+  ctx = OpContext(train=True)
+  topo = Topology(3, 2, concat_last=True)  # the Fusing Stem's DAG
+  xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 6, 6, 4)) for i in range(3)]
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(9), (topo.num_edges, len(op_set))))
+  dags = {s: MixedDAG(topo, op_set, 4, False, ctx, split_inputs=s) for s in (False, True)}
+  v = jax.jit(dags[False].init)(jax.random.PRNGKey(0), xs, w)
+  out = {
+    s: jax.jit(lambda v, w, d=d: d.apply(v, xs, w, mutable=["batch_stats"]))(v, w)
+    for s, d in dags.items()
+  }
+  chex.assert_trees_all_close(out[True], out[False], atol=1e-5)
+  ws = jnp.stack([w, w * 0.5, w[::-1]])  # 3 candidates
+
+  def vmapped(d):
+    return lambda ws: jax.vmap(lambda w: d.apply(v, xs, w, mutable=["batch_stats"])[0])(ws)
+
+  plain, split = (_conv_batch_sizes(vmapped(dags[s]), ws) for s in (False, True))
+  assert plain and all(n == 3 * 2 for n in plain)  # every conv once per candidate
+  assert 2 in split and 3 * 2 in split  # inputs' convs unbatched, the inner node's batched
+
+
+def test_network_stages_compose_to_the_whole_network():
+  spec = tiny_spec()
+  model = supernet.make_supernet(spec)
+  v = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = jax.tree.map(lambda a: a * 300, supernet.init_alphas(spec, jax.random.PRNGKey(1)))
+  masks = supernet.init_masks(spec)
+  images = random_images(spec, 2)
+
+  def run(**kw):
+    return model.apply(v, images if kw.get("stage") != "cells" else None, alphas, masks,
+                       train=True, **kw)  # fmt: skip
+
+  whole = run()
+  stems = run(stage="stems")
+  assert set(stems) == {"fused", "fl"}
+  np.testing.assert_array_equal(run(stage="fusing"), stems["fused"])
+  np.testing.assert_array_equal(run(stage="fl"), stems["fl"])
+  np.testing.assert_allclose(run(stage="cells", stem_features=stems), whole, atol=1e-6)
+  # The cells stage needs no stem masks.
+  cell_masks = {p: masks[p] for p in ("normal", "reduce")}
+  np.testing.assert_allclose(
+    model.apply(v, None, alphas, cell_masks, train=True, stage="cells", stem_features=stems),
+    whole,
+    atol=1e-6,
+  )
+  with pytest.raises(ValueError, match="stage must be one of"):
+    run(stage="head")
+  with pytest.raises(ValueError, match="stem_features"):
+    run(stage="cells")

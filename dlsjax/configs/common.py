@@ -121,9 +121,8 @@ def derive_config(batch_size: int) -> ml_collections.ConfigDict:
       metric="accuracy",  # accuracy | loss | auc (micro) on the alpha half
       batch_size=batch_size,  # validation batch; BN uses its statistics
       max_images=0,  # metric on the first N images of the alpha half (0: all, as the paper)
-      chunk=8,  # candidates per vmapped evaluation (memory vs. calls)
+      chunk=0,  # candidates per vmapped evaluation (0: one edge's non-zero ops; memory vs. calls)
       vmap=True,  # False: one call per candidate (reference loop)
-      batch_parts="group",  # group (stems / cells: 2 compilations) | part | all (derive.py)
       pt_tune_epochs=5,  # PT only: weight fine-tuning epochs between decisions
       pt_tune_max_steps=0,  # PT only: cap on the steps of one tuning period (0: none)
       pt_lr_factor=0.1,  # PT only: fine-tuning lr = search.w_lr * factor, cosine
