@@ -78,21 +78,25 @@ def test_pt_order_is_seeded_random_edges_then_nodes():
   assert kinds == sorted(kinds)  # "edge" < "node": all edges first
 
 
-@pytest.fixture(scope="module")
-def trained_like():
+def random_setup(spec, seed=0):
   """Random weights and strongly non-uniform alphas, and 2 validation batches of 8."""
-  variables = supernet.init(NET, jax.random.PRNGKey(0))
-  alphas = jax.tree.map(lambda a: a * 1500.0, supernet.init_alphas(NET, jax.random.PRNGKey(1)))
-  rng = np.random.default_rng(0)
-  r = NET.resolution
+  variables = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas = jax.tree.map(lambda a: a * 1500.0, supernet.init_alphas(spec, jax.random.PRNGKey(1)))
+  rng = np.random.default_rng(seed)
+  r = spec.resolution
   batches = [
     {
-      "images": {m.name: rng.random((8, r, r, m.channels), np.float32) for m in NET.modalities},
-      "label": rng.integers(0, NET.num_classes, 8).astype(np.int32),
+      "images": {m.name: rng.random((8, r, r, m.channels), np.float32) for m in spec.modalities},
+      "label": rng.integers(0, spec.num_classes, 8).astype(np.int32),
     }
     for _ in range(2)
   ]
   return variables, alphas, batches
+
+
+@pytest.fixture(scope="module")
+def trained_like():
+  return random_setup(NET)
 
 
 def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
@@ -153,17 +157,7 @@ def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
   """Fusing and FL Stem candidates: the stem stages, the cached other stem and the cells
   give the loop's metrics; the cache is recomputed only when a stem's masks change."""
   spec = dataclasses.replace(SPEC, op_set=("none", "skip_connect", "sep_conv_3x3"))
-  variables = supernet.init(spec, jax.random.PRNGKey(0))
-  alphas = jax.tree.map(lambda a: a * 1500.0, supernet.init_alphas(spec, jax.random.PRNGKey(1)))
-  rng = np.random.default_rng(1)
-  r = spec.resolution
-  batches = [
-    {
-      "images": {m.name: rng.random((8, r, r, m.channels), np.float32) for m in spec.modalities},
-      "label": rng.integers(0, spec.num_classes, 8).astype(np.int32),
-    }
-    for _ in range(2)
-  ]
+  variables, alphas, batches = random_setup(spec, seed=1)
   base = derive.host_masks(spec)
   fused_edge = derive.without_edge(base, "fusing", 0)  # a stem decision already taken
   plan = [
