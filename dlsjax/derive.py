@@ -53,14 +53,13 @@ import ml_collections
 import numpy as np
 
 from dlsjax import bilevel, checkpoint, genotype, losses, metrics, netspec, ops, sharding, supernet
+from dlsjax.network import STEM_FEATURES
 from dlsjax.topology import Topology
 
 log = logging.getLogger(__name__)
 
 METHODS = ("mpds", "argmax", "pt")
 METRICS = ("accuracy", "loss", "auc")
-# The learnable stems and the outputs they give the cells (``network.STAGES``).
-STEM_FEATURES = {"fusing": "fused", "fl": "fl"}
 FEATURE_PART = {v: k for k, v in STEM_FEATURES.items()}
 
 
@@ -189,6 +188,7 @@ class Evaluator:
     self.stem_passes = 0  # times the cached stem outputs were computed (over all batches)
     self.parts = tuple(spec.topologies())
     self.stem_parts = tuple(p for p in self.parts if p in STEM_FEATURES)
+    self.features = ("fused", "fl") if spec.has_fl_stem else ("fused",)  # the stems' outputs
     self._runners: dict[str, sharding.Runner] = {}
     self._focal = (focal_gamma, focal_alpha)
     self.layout = sharding.Layout(mode, devices)
@@ -330,8 +330,7 @@ class Evaluator:
 
   def _run_chunk(self, part: str, chunk: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``chunk`` (``self.chunk`` candidates differing in ``part`` only) over all batches."""
-    features = [f for f in STEM_FEATURES.values() if self._has_feature(f)]
-    cached = [f for f in features if FEATURE_PART[f] != part]
+    cached = [f for f in self.features if FEATURE_PART[f] != part]
     cells = self._stack(chunk, [p for p in self.parts if p not in self.stem_parts])
     stem = self._stack(chunk, [part]) if part in self.stem_parts else None
     cache = self._cached_features(chunk[0], cached) if cached else None
@@ -346,9 +345,6 @@ class Evaluator:
       sums.append(np.asarray(s))
       probs.append(np.asarray(pr))
     return np.sum(sums, axis=0), np.concatenate(probs, axis=0)  # [N, 2], [n_val, N, K]
-
-  def _has_feature(self, feature: str) -> bool:
-    return feature == "fused" or self.spec.has_fl_stem
 
   def raw(self, part: str, candidates: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``(sums [N, 2] = correct, loss sum; probs [n_val, N, K])`` per candidate."""

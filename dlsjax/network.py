@@ -27,7 +27,8 @@ from dlsjax.topology import Topology
 # only the cells and the head from given stem outputs. The derivation scores
 # stem and cell candidates in separate compiled stages (derive.py).
 STAGES = ("all", "stems", "fusing", "fl", "cells")
-STEM_PARTS = ("fusing", "fl")
+# The learnable stems and the names of their outputs in the ``stems`` stage.
+STEM_FEATURES = {"fusing": "fused", "fl": "fl"}
 
 
 def mixing_weights(alpha_EK, mask):
@@ -184,9 +185,8 @@ class Network(nn.Module):
     drop_path = train and self.has_rng("dropout")
     topos = spec.topologies()
     if search:
-      used = {"all": topos, "stems": STEM_PARTS, "fusing": ("fusing",), "fl": ("fl",)}.get(
-        stage, [p for p in topos if p not in STEM_PARTS]
-      )
+      cells = [p for p in topos if p not in STEM_FEATURES]
+      used = {"all": topos, "stems": STEM_FEATURES, "cells": cells}.get(stage, (stage,))
       missing = [
         p for p in topos if p in used and (p not in (alphas or {}) or p not in (masks or {}))
       ]
