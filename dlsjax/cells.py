@@ -123,7 +123,9 @@ def _scans(t0: int, t1: int, stride: int, n_in: int, split_inputs: bool):
   them separately, reading the inputs rather than the carried node tensor:
   same values, one more compiled body, and under a ``vmap`` over masks (a
   derivation scoring candidates) the operations on the inputs stay
-  unbatched, i.e. they run once for all candidates instead of once each.
+  unbatched, i.e. they run once for all candidates instead of once each;
+  the split-off scan of inner sources also skips the target slots before
+  its first source's successors (``MixedDAG``'s ``j0``).
   """
   if stride != 1:
     return ((t0, t1, True),)
@@ -251,8 +253,11 @@ class MixedDAG(nn.Module):
         ident = np.array([ops.get_op(n).identity_at_stride1 and stride == 1 for n in self.op_set])
         coef = coef * jnp.where(jnp.asarray(ident), 1.0, drop_SJBK[t0:t1])
 
-      def body(carry, xs, reads_inputs, mods=mods):
+      def body(carry, xs, reads_inputs, j0, mods=mods):
+        # j0: the first target slot the scan's sources can reach (> 0 only for a
+        # split-off scan of inner sources, whose earlier slots are dead).
         nodes, last = carry
+        n_slots = n_inner - j0
         t, p_t, s_t, coef_t = xs
         x = lax.dynamic_index_in_dim(x_in if reads_inputs else nodes, t, keepdims=False)
         total, new_s = None, {}
@@ -273,27 +278,39 @@ class MixedDAG(nn.Module):
             # runs once (slot 0's statistics, written back to every slot).
             s0 = jax.tree.map(lambda a: a[0], s_t[k])
             y, upd = one({}, s0, x)
-            new_s[k] = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_inner, *a.shape)), upd)
+            new_s[k] = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_slots, *a.shape)), upd)
             term = weighted_fan_out(y, coef_t[:, :, k], layout)
           total = term if total is None else total + term
         if concat_last:
           last = lax.dynamic_update_index_in_dim(last, total[-1], t, 0)
           total = total.at[-1].set(0.0)
-        nodes = nodes.at[n_in:].add(total)
+        nodes = nodes.at[n_in + j0 :].add(total)
         return (nodes, last), new_s
 
       pieces = []
       for lo, hi, reads_inputs in _scans(t0, t1, stride, n_in, self.split_inputs):
         rows = slice(lo - t0, hi - t0)
-        fn = functools.partial(body, reads_inputs=reads_inputs)
+        # A scan of inner sources alone (split off) skips the slots none of its
+        # sources reaches (target <= source): the stems' inner run has one of two.
+        j0 = max(lo - n_in + 1, 0) if self.split_inputs and lo >= n_in else 0
+        fn = functools.partial(body, reads_inputs=reads_inputs, j0=j0)
         if self.remat and not self.is_initializing():
           fn = jax.checkpoint(fn)
         (nodes, last), piece = lax.scan(
           fn,
           (nodes, last),
-          (jnp.arange(lo, hi), *jax.tree.map(lambda v, r=rows: v[r], (params, stats, coef))),
+          (
+            jnp.arange(lo, hi),
+            *jax.tree.map(lambda v, r=rows, j0=j0: v[r, j0:], (params, stats, coef)),
+          ),
           unroll=hi - lo if self.unroll else 1,
         )
+        if j0:  # the skipped slots keep their statistics
+          piece = jax.tree.map(
+            lambda new, old, r=rows, j0=j0: jnp.concatenate([old[r, :j0], new], axis=1),
+            piece,
+            {k: stats[k] for k in piece},
+          )
         pieces.append(piece)
       new_stats = (
         pieces[0] if len(pieces) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *pieces)

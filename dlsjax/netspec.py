@@ -78,7 +78,10 @@ class NetworkSpec:
       (``cells._scans``). Same values and parameters, one more compiled body
       per stem. The derivation sets it: under its ``vmap`` over candidate
       masks the operations on a stem's inputs (which no candidate changes)
-      then run once, not once per candidate. Not a config option; a search
+      then run once, not once per candidate, and the scan of inner sources
+      skips the target slots they cannot reach (a search's single scan
+      evaluates them with zero weight; their BN statistics, which no output
+      reads, are then left as they were). Not a config option; a search
       leaves it off.
   """
 
