@@ -324,9 +324,12 @@ class Evaluator:
     stems (concatenation) come from the ``stems`` stage.
     """
     stale = [f for f in wanted if self._features.get(f, (None,))[0] != self._stem_key(masks, f)]
-    if not stale:
-      return [{f: self._features[f][1][i] for f in wanted} for i in range(len(self.batches))]
-    self.stem_passes += 1
+    if stale:
+      self.stem_passes += 1
+      self._refresh_features(masks, stale)
+    return [{f: self._features[f][1][i] for f in wanted} for i in range(len(self.batches))]
+
+  def _refresh_features(self, masks: dict, stale: Sequence[str]) -> None:
     learnable = [f for f in stale if FEATURE_PART[f] in self.stem_parts]
     for f in learnable:
       part = FEATURE_PART[f]
@@ -341,7 +344,6 @@ class Evaluator:
       for f in stale:
         if f not in learnable:
           self._features[f] = (self._stem_key(masks, f), [o[f] for o in outs])
-    return [{f: self._features[f][1][i] for f in wanted} for i in range(len(self.batches))]
 
   # -- scoring -----------------------------------------------------------------
   def _stack(self, candidates: Sequence[dict], parts: Sequence[str]) -> dict:

@@ -188,6 +188,31 @@ def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
   assert len({round(float(x), 5) for x in got["staged"][0]}) > 1  # the stem's ops matter
 
 
+def test_staged_scoring_with_one_learnable_stem_equals_the_whole_network():
+  """A learnable Fusing Stem beside a concatenating FL Stem (the "- FL Stem" ablation): the
+  manual stem's output comes from the stems stage, the learnable one's from its own."""
+  spec = dataclasses.replace(
+    SPEC, op_set=("none", "skip_connect", "avg_pool_3x3"), fl_stem="concat"
+  )
+  variables, alphas, batches = random_setup(spec, seed=2)
+  base = derive.host_masks(spec)
+  assert set(base) == {"fusing", "normal", "reduce"}
+  plan = [
+    ("fusing", [derive.without_op(base, "fusing", 2, k) for k in (1, 2)]),
+    ("normal", [derive.without_op(base, "normal", 1, k) for k in (1, 2)]),
+  ]
+  got = {}
+  for name, opts in [
+    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
+    ("staged", derive.DeriveOptions(metric="loss", chunk=2)),
+  ]:
+    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    got[name] = [ev.scores(part, cands) for part, cands in plan]
+  assert set(ev._runners) == {"fusing", "stems", "first", "broadcast", "cells"}
+  for a, b in zip(got["loop"], got["staged"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5)
+
+
 def test_masks_change_the_score_only_where_applied(trained_like):
   variables, alphas, batches = trained_like
   ev = derive.Evaluator(NET, variables, alphas, batches, opts=derive.DeriveOptions(metric="loss"))
