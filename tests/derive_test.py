@@ -154,11 +154,26 @@ def test_accuracy_metric_is_identical_and_compiles_once_per_stage(trained_like):
   assert np.all((got["chunk3"] * 16) == np.round(got["chunk3"] * 16))  # counts of 16 examples
 
 
+def staged_equals_loop(spec, plan, *, chunk, seed):
+  """Scores ``plan`` (``[(part, candidates)]``) with the loop and the staged evaluator, checks
+  they agree and returns ``(staged scores, staged evaluator)``."""
+  variables, alphas, batches = random_setup(spec, seed=seed)
+  got = {}
+  for name, opts in [
+    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
+    ("staged", derive.DeriveOptions(metric="loss", chunk=chunk)),
+  ]:
+    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    got[name] = [ev.scores(part, cands) for part, cands in plan]
+  for a, b in zip(got["loop"], got["staged"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5)
+  return got["staged"], ev
+
+
 def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
   """Fusing and FL Stem candidates: the stem stages, the cached other stem and the cells
   give the loop's metrics; the cache is recomputed only when a stem's masks change."""
   spec = dataclasses.replace(SPEC, op_set=("none", "skip_connect", "sep_conv_3x3"))
-  variables, alphas, batches = random_setup(spec, seed=1)
   base = derive.host_masks(spec)
   fused_edge = derive.without_edge(base, "fusing", 0)  # a stem decision already taken
   plan = [
@@ -168,24 +183,15 @@ def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
     ("normal", [derive.without_op(fused_edge, "normal", 0, k) for k in (1, 2)]),
     ("reduce", [derive.without_edge(fused_edge, "reduce", e) for e in (2, 3, 4)]),
   ]
-  got = {}
-  for name, opts in [
-    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
-    ("staged", derive.DeriveOptions(metric="loss", chunk=3)),
-  ]:
-    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
-    got[name] = [ev.scores(part, cands) for part, cands in plan]
-    if name == "staged":
-      # fusing, fl, cells and the two reshapes of cached stem outputs (first, broadcast);
-      # no separate stems graph. The cached stem outputs were computed for the fusing
-      # decisions (FL under the base masks) and the fl decision (Fusing after its edge 0
-      # was decided); the cells reuse both (only the stem being decided is recomputed,
-      # so a candidate's FL masks never enter the cache).
-      assert ev.compilations == 5 and ev.stem_passes == 2
-      assert set(ev._runners) == {"fusing", "fl", "cells", "first", "broadcast"}
-  for a, b in zip(got["loop"], got["staged"], strict=True):
-    np.testing.assert_allclose(a, b, rtol=2e-5)
-  assert len({round(float(x), 5) for x in got["staged"][0]}) > 1  # the stem's ops matter
+  staged, ev = staged_equals_loop(spec, plan, chunk=3, seed=1)
+  # fusing, fl, cells and the two reshapes of cached stem outputs (first, broadcast); no
+  # separate stems graph. The cached stem outputs were computed for the fusing decisions
+  # (FL under the base masks) and the fl decision (Fusing after its edge 0 was decided);
+  # the cells reuse both (only the stem being decided is recomputed, so a candidate's FL
+  # masks never enter the cache).
+  assert ev.compilations == 5 and ev.stem_passes == 2
+  assert set(ev._runners) == {"fusing", "fl", "cells", "first", "broadcast"}
+  assert len({round(float(x), 5) for x in staged[0]}) > 1  # the stem's ops matter
 
 
 def test_staged_scoring_with_one_learnable_stem_equals_the_whole_network():
@@ -194,23 +200,14 @@ def test_staged_scoring_with_one_learnable_stem_equals_the_whole_network():
   spec = dataclasses.replace(
     SPEC, op_set=("none", "skip_connect", "avg_pool_3x3"), fl_stem="concat"
   )
-  variables, alphas, batches = random_setup(spec, seed=2)
   base = derive.host_masks(spec)
   assert set(base) == {"fusing", "normal", "reduce"}
   plan = [
     ("fusing", [derive.without_op(base, "fusing", 2, k) for k in (1, 2)]),
     ("normal", [derive.without_op(base, "normal", 1, k) for k in (1, 2)]),
   ]
-  got = {}
-  for name, opts in [
-    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
-    ("staged", derive.DeriveOptions(metric="loss", chunk=2)),
-  ]:
-    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
-    got[name] = [ev.scores(part, cands) for part, cands in plan]
+  _, ev = staged_equals_loop(spec, plan, chunk=2, seed=2)
   assert set(ev._runners) == {"fusing", "stems", "first", "broadcast", "cells"}
-  for a, b in zip(got["loop"], got["staged"], strict=True):
-    np.testing.assert_allclose(a, b, rtol=2e-5)
 
 
 def test_masks_change_the_score_only_where_applied(trained_like):
