@@ -36,6 +36,9 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
   ap.add_argument("--chunk", type=int, default=0, help="candidates per vmapped call (0: an edge's)")
   ap.add_argument("--only", choices=["vmapped", "loop"], help="run one side (no comparison)")
+  ap.add_argument(
+    "--log", help="write the first side's decisions (derivation log) to this JSON file"
+  )
   args = ap.parse_args(argv)
   runtime.setup()
   cfg = get_config("paper")
@@ -81,6 +84,9 @@ def main(argv=None) -> int:
     out[f"{side}_part_s"] = per_part
     out["candidate_evaluations"] = ev.evaluations
     results[side] = (derive.choice_from_masks(masks, spec.topologies()), entries)
+    if args.log and len(results) == 1:
+      with open(args.log, "w") as f:
+        json.dump({"side": side, "decisions": entries}, f, indent=1)
   if len(results) == 2:
     (ca, ea), (cb, eb) = results["vmapped"], results["loop"]
     same_geno = all(np.array_equal(ca[p], cb[p]) for p in ca)

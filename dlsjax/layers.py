@@ -138,17 +138,43 @@ def conv(
   feature_group_count: int = 1,
   layout: str = "NHWC",
 ):
-  """A plain XLA convolution with symmetric padding (default: 'same' for odd kernels)."""
+  """A plain XLA convolution with symmetric padding (default: 'same' for odd kernels).
+
+  A channel-major (``CNHW``) input is convolved in NHWC between two
+  transposes. Inside a ``lax.scan`` body (the supernet DAG) XLA's CPU backend
+  emits a ``CNHW`` convolution as a generic loop nest instead of its fast
+  convolution kernel: a 5x5 convolution, 8 -> 24 channels, batch 144 at 8x8,
+  took 15 ms per call inside a scan against 2.5 ms outside, and 1.6 ms in
+  NHWC with the transposes (2-core CPU; benchmarks/RESULTS.md, MPDS section).
+  """
   channel_axis(layout)
+  if layout == "CNHW":
+    y = conv(
+      to_layout(x, "CNHW", "NHWC"),
+      kernel_HWIO,
+      stride=stride,
+      dilation=dilation,
+      padding=padding,
+      feature_group_count=feature_group_count,
+    )
+    return to_layout(y, "NHWC", "CNHW")
   k = kernel_HWIO.shape[0]
   p = _same_padding(k, dilation) if padding is None else padding
+  pads = ((p, p), (p, p))
+  if p and dilation * (k - 1) + 1 > min(x.shape[1:3]):
+    # A kernel wider than the image (5x5 at 4x4): XLA's CPU backend rewrites
+    # the padded convolution into a slow form (20.6 ms vs 2.4 ms for 16 -> 48
+    # channels, batch 144, in a scan); padding first and a VALID convolution
+    # avoids that (same values).
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    pads = ((0, 0), (0, 0))
   return lax.conv_general_dilated(
     x,
     kernel_HWIO,
     window_strides=(stride, stride),
-    padding=((p, p), (p, p)),
+    padding=pads,
     rhs_dilation=(dilation, dilation),
-    dimension_numbers=(layout, "HWIO", layout),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
     feature_group_count=feature_group_count,
   )
 

@@ -177,6 +177,27 @@ def test_depthwise_implementations_agree():
     layers.depthwise_conv(x, w, impl="fft")
 
 
+@pytest.mark.parametrize(
+  "k,stride,dilation,hw", [(3, 1, 1, 8), (5, 2, 1, 8), (5, 1, 1, 4), (3, 1, 2, 4), (5, 2, 1, 3)]
+)
+def test_conv_matches_plain_xla_convolution_in_both_layouts(k, stride, dilation, hw):
+  """``layers.conv`` (NHWC inside, explicit padding when the kernel is wider than the
+  image) gives the values of a plain 'same'-padded XLA convolution, also for CNHW input."""
+  x = rand((2, hw, hw, 3))
+  w = rand((k, k, 3, 5), seed=1)
+  p = dilation * (k - 1) // 2
+  want = jax.lax.conv_general_dilated(
+    x, w, (stride, stride), ((p, p), (p, p)), rhs_dilation=(dilation, dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )  # fmt: skip
+  got = layers.conv(x, w, stride=stride, dilation=dilation)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  xc = layers.to_layout(x, "NHWC", "CNHW")
+  got_c = layers.conv(xc, w, stride=stride, dilation=dilation, layout="CNHW")
+  assert got_c.shape == (5, 2, *want.shape[1:3])
+  np.testing.assert_allclose(layers.to_layout(got_c, "CNHW", "NHWC"), want, rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_auto_is_toeplitz_on_cpu():
   assert layers.resolve_depthwise_impl("auto") == (
     "toeplitz" if jax.default_backend() == "cpu" else "xla"
