@@ -1,6 +1,6 @@
 """Wall time of a whole MPDS derivation: vmapped candidate scoring vs a per-candidate loop.
 
-    python benchmarks/mpds_speed.py [--val-images 32] [--c-sin 8] [--resolution 32]
+    python benchmarks/mpds_speed.py [--val-images 32] [--c-sin 8] [--resolution 32] [--log FILE]
 
 The paper search space (all four learnable parts, 10 operations, the paper's
 cell layout) with random weights and strongly non-uniform random alphas, and
