@@ -124,8 +124,9 @@ def _scans(t0: int, t1: int, stride: int, n_in: int, split_inputs: bool):
   same values, one more compiled body, and under a ``vmap`` over masks (a
   derivation scoring candidates) the operations on the inputs stay
   unbatched, i.e. they run once for all candidates instead of once each;
-  the split-off scan of inner sources also skips the target slots before
-  its first source's successors (``MixedDAG``'s ``j0``).
+  a scan of inner sources only (the split-off one, or a reduction cell's
+  stride-1 run) skips the target slots before its first source's successors
+  (``MixedDAG``'s ``j0``).
   """
   if stride != 1:
     return ((t0, t1, True),)
@@ -290,9 +291,10 @@ class MixedDAG(nn.Module):
       pieces = []
       for lo, hi, reads_inputs in _scans(t0, t1, stride, n_in, self.split_inputs):
         rows = slice(lo - t0, hi - t0)
-        # A scan of inner sources alone (split off) skips the slots none of its
-        # sources reaches (target <= source): the stems' inner run has one of two.
-        j0 = max(lo - n_in + 1, 0) if self.split_inputs and lo >= n_in else 0
+        # A scan of inner sources alone (a reduction cell's stride-1 run, or one
+        # split off) skips the slots none of its sources reaches (target <=
+        # source): one of three in a paper cell's, one of two in a stem's.
+        j0 = max(lo - n_in + 1, 0)
         fn = functools.partial(body, reads_inputs=reads_inputs, j0=j0)
         if self.remat and not self.is_initializing():
           fn = jax.checkpoint(fn)

@@ -215,6 +215,45 @@ def test_masking_one_op_removes_exactly_its_contribution():
   assert not np.allclose(full[1], masked[1])
 
 
+def test_reduction_cell_equals_edge_by_edge_and_skips_dead_slots():
+  """A reduction DAG equals the sum over its edges of each op applied with its own slice of
+  the stacked parameters; its stride-1 run (inner sources) evaluates only the target slots
+  they reach, and the dead slot's BN statistics keep their value."""
+  C = 4
+  topo = Topology(2, 3)
+  op_set = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "nor_conv_3x3")
+  ctx = OpContext(train=True)
+  dag = MixedDAG(topo, op_set, C, True, ctx)
+  xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 8, 8, C)) for i in range(2)]
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(9), (topo.num_edges, len(op_set))))
+  v = jax.jit(dag.init)(jax.random.PRNGKey(0), xs, w)
+  out, upd = jax.jit(lambda v, w: dag.apply(v, xs, w, mutable=["batch_stats"]))(v, w)
+  nodes = list(xs)
+  for j in range(topo.n_inner):
+    total = 0.0
+    for e in topo.node_edges(j):
+      source = topo.edges[e][0]
+      stride = 2 if source < topo.n_inputs else 1
+      r, t, slot = edge_slot(topo, True, e)
+      for k, name in enumerate(op_set):
+        if name == "none":
+          continue
+        key = search_param_name(r, name)
+        one = {c: jax.tree.map(lambda a: a[t, slot], v[c].get(key, {})) for c in v}
+        total = total + w[e, k] * OpCall(name, C, stride, ctx).apply(one, nodes[source])
+    nodes.append(total)
+  for j in range(topo.n_inner):
+    np.testing.assert_allclose(out[j], nodes[topo.n_inputs + j], atol=1e-4)
+  # Run 1 holds the inner sources 2 and 3; neither reaches slot 0 (inner node 2).
+  key = search_param_name(1, "nor_conv_3x3")
+  new, old = (jax.tree.leaves(s["batch_stats"][key]) for s in (upd, v))
+  assert new and all(np.array_equal(a[:, 0], b[:, 0]) for a, b in zip(new, old, strict=True))
+  assert not any(np.allclose(a[:, 1:], b[:, 1:]) for a, b in zip(new, old, strict=True))
+  sizes = _conv_sizes(lambda w: dag.apply(v, xs, w, mutable=["batch_stats"])[0], w)
+  # nor_conv_3x3 (one dense conv over the stacked slots): 3 slots at stride 2, 2 after.
+  assert (2, 3 * C) in sizes and (2, 2 * C) in sizes and len(set(sizes)) == 2
+
+
 def test_gradients_reach_every_alpha():
   # Both learnable stems and both cell kinds; four ops (a zero, a pooling, the identity
   # and a conv) keep the compile short: every op's alpha is reached through the same mixing.
