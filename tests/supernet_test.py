@@ -239,7 +239,7 @@ def test_reduction_cell_equals_edge_by_edge_and_skips_dead_slots():
         if name == "none":
           continue
         key = search_param_name(r, name)
-        one = {c: jax.tree.map(lambda a: a[t, slot], v[c].get(key, {})) for c in v}
+        one = {c: jax.tree.map(lambda a, t=t, slot=slot: a[t, slot], v[c].get(key, {})) for c in v}
         total = total + w[e, k] * OpCall(name, C, stride, ctx).apply(one, nodes[source])
     nodes.append(total)
   for j in range(topo.n_inner):
