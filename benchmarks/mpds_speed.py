@@ -1,6 +1,6 @@
 """Wall time of a whole MPDS derivation: vmapped candidate scoring vs a per-candidate loop.
 
-    python benchmarks/mpds_speed.py [--val-images 32] [--c-sin 8] [--resolution 32] [--log FILE]
+    python benchmarks/mpds_speed.py [--val-images 64] [--c-sin 16] [--resolution 32] [--log FILE]
 
 The paper search space (all four learnable parts, 10 operations, the paper's
 cell layout) with random weights and strongly non-uniform random alphas, and
@@ -30,8 +30,8 @@ from dlsjax.configs import get_config  # noqa: E402
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  ap.add_argument("--val-images", type=int, default=32)
-  ap.add_argument("--c-sin", type=int, default=8, help="model.c_sin_search (paper: 48)")
+  ap.add_argument("--val-images", type=int, default=64)
+  ap.add_argument("--c-sin", type=int, default=16, help="model.c_sin_search (paper: 48)")
   ap.add_argument("--resolution", type=int, default=32, help="paper: 64")
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
   ap.add_argument("--chunk", type=int, default=0, help="candidates per vmapped call (0: an edge's)")
