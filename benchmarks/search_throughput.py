@@ -1,6 +1,6 @@
 """Images/s, compile time and peak memory of the search step.
 
-    python benchmarks/search_throughput.py [--only NAME] [--steps N] [--batch B]
+    python benchmarks/search_throughput.py [--only NAME] [--steps N] [--batch B] [--cpu-devices N]
 
 Measurements (each in a fresh subprocess, so peak RSS is its own):
 ``darts_cifar_first_order``, ``darts_cifar_second_order`` (the canonical DARTS
@@ -11,12 +11,19 @@ each half per step, over all local devices (``jax.pmap``). images/s counts the
 weight-half batch per step, as the DARTS code's throughput does. One JSON line
 per measurement with ``name``, ``images_per_s``, ``step_s``, ``compile_s``,
 ``peak_rss_mb``, ``backend``.
+
+``--cpu-devices N`` runs each measurement with ``N`` XLA host devices
+(``--xla_force_host_platform_device_count``): on a CPU the step is then
+data parallel over the cores, as ``dlsjax search`` is with the same
+``XLA_FLAGS``; on a 2-core CPU 2 devices ran the canonical first-order step
+1.4x faster than one (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -107,6 +114,7 @@ def main(argv=None) -> int:
   ap.add_argument("--only", choices=sorted(MEASUREMENTS), help="run one measurement")
   ap.add_argument("--steps", type=int, default=2, help="timed steps after the compile")
   ap.add_argument("--batch", type=int, help="global batch (default: the config's)")
+  ap.add_argument("--cpu-devices", type=int, help="XLA host devices (CPU data parallelism)")
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   names = [args.only] if args.only else list(MEASUREMENTS)
@@ -117,7 +125,11 @@ def main(argv=None) -> int:
     cmd = [sys.executable, __file__, "--inline", "--only", name, "--steps", str(args.steps)]
     if args.batch:
       cmd += ["--batch", str(args.batch)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.cpu_devices:
+      flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+      env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode or not lines:
       print(json.dumps({"name": name, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)

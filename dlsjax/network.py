@@ -74,6 +74,7 @@ class Part(nn.Module):
   remat: bool = False
   dag_layout: str = "NHWC"
   split_inputs: bool = False
+  dag_schedule: str = "source"
 
   @nn.compact
   def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
@@ -99,6 +100,7 @@ class Part(nn.Module):
         remat=self.remat,
         layout=self.dag_layout,
         split_inputs=self.split_inputs,
+        schedule=self.dag_schedule,
         name="dag",
       )(inputs, weights_EK, drop_prob)
     else:
@@ -210,6 +212,7 @@ class Network(nn.Module):
           remat=spec.resolved_dag_remat(),
           dag_layout=spec.resolved_dag_layout(),
           split_inputs=spec.dag_split_inputs and kw.get("is_stem", False),
+          dag_schedule=spec.resolved_dag_schedule(),
           **kw,
         ), w
       choice = tuple(int(c) for c in self.genotype[part_name])

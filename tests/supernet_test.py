@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import PAPER_MODALITIES, cells_only_spec, one_cell_spec, tiny_spec
 
-from dlsjax import netspec, supernet
+from dlsjax import cells, netspec, supernet
 from dlsjax.cells import MixedDAG, OpCall, edge_slot, search_param_name
 from dlsjax.configs import get_config
 from dlsjax.layers import OpContext
@@ -415,6 +415,92 @@ def _conv_sizes(fn, *args):
 
   walk(jax.make_jaxpr(fn)(*args).jaxpr)
   return sizes
+
+
+def _scan_lengths(fn, *args):
+  """The ``length`` of every ``lax.scan`` in ``fn``'s jaxpr (sub-jaxprs too), in order."""
+  lengths = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "scan":
+        lengths.append(eqn.params["length"])
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return lengths
+
+
+@pytest.mark.parametrize("reduction,concat_last", [(False, False), (True, False), (False, True)])
+def test_edge_schedule_keeps_values_gradients_and_statistics(reduction, concat_last):
+  """``schedule="edge"`` (the CPU default) = ``"source"``: outputs, gradients w.r.t. weights
+  and mixing weights, BN updates of every real edge; it evaluates each real edge once
+  (no dead slot), and the dead slots' statistics keep their value."""
+  op_set = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3")
+  op_set += ("dil_conv_3x3", "nor_conv_3x3")
+  ctx = OpContext(train=True)
+  C = 4
+  topo = Topology(2, 3, concat_last=concat_last)
+  xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 8, 8, C)) for i in range(2)]
+  w = jax.nn.softmax(jax.random.normal(jax.random.PRNGKey(9), (topo.num_edges, len(op_set))))
+  dags = {
+    s: MixedDAG(topo, op_set, C, reduction, ctx, drop_path=True, remat=True, layout="CNHW",
+                schedule=s)
+    for s in ("source", "edge")
+  }  # fmt: skip
+  v = jax.jit(dags["source"].init)(jax.random.PRNGKey(0), xs, w)
+  rngs = {"dropout": jax.random.PRNGKey(4)}
+
+  def run(dag):
+    def loss(params, w):
+      vv = {"params": params, "batch_stats": v["batch_stats"]}
+      out, st = dag.apply(vv, xs, w, 0.3, rngs=rngs, mutable=["batch_stats"])
+      return sum(jnp.sum(o * jnp.cos(o)) for o in out), (out, st)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(v["params"], w)
+
+  (g_src, (out_src, st_src)), (g_edge, (out_edge, st_edge)) = run(dags["source"]), run(dags["edge"])
+  chex.assert_trees_all_close(out_edge, out_src, atol=1e-4, rtol=2e-4)
+  chex.assert_trees_all_close(g_edge, g_src, atol=1e-4, rtol=2e-4)
+  # BN statistics: a real edge's as in "source"; a dead slot of the per-edge scan keeps
+  # its old value (the "source" schedule writes zero-weight statistics there).
+  runs = cells.segments(topo, reduction)
+  for key, new in st_edge["batch_stats"].items():
+    r = int(key[3 : key.index("_")])
+    t0 = runs[r][0]
+    for leaf_new, leaf_src, leaf_old in zip(
+      *(jax.tree.leaves(t) for t in (new, st_src["batch_stats"][key], v["batch_stats"][key])),
+      strict=True,
+    ):
+      for t in range(leaf_new.shape[0]):
+        for j in range(topo.n_inner):
+          real = cells._slot_edges(topo)[t0 + t, j] >= 0
+          inner = t0 + t >= topo.n_inputs
+          want = leaf_src[t, j] if real or not inner else leaf_old[t, j]
+          np.testing.assert_allclose(leaf_new[t, j], want, atol=1e-5, err_msg=f"{key} {t} {j}")
+
+  # Exactly the real edges are evaluated: the inner sources' 3 edges one per step.
+  def fwd(dag):
+    return lambda w: dag.apply(v, xs, w, 0.3, rngs=rngs, mutable=["batch_stats"])[0]
+
+  assert _scan_lengths(fwd(dags["edge"]), w) == [2, 3]
+  sizes = _conv_sizes(fwd(dags["edge"]), w)
+  assert set(sizes) == {(2, 3 * C), (2, C)}  # inputs: 3 slots at once; inner: one edge
+  assert _scan_lengths(fwd(dags["source"]), w) == ([2, 2] if reduction else [4])
+
+
+def test_dag_schedule_option():
+  cfg = get_config("paper")
+  spec = netspec.spec_from_config(cfg.model)
+  assert spec.dag_schedule == "auto" and spec.resolved_dag_schedule() == "edge"  # CPU
+  cfg.model.dag_schedule = "source"
+  assert netspec.spec_from_config(cfg.model).resolved_dag_schedule() == "source"
+  cfg.model.dag_schedule = "target"
+  with pytest.raises(ValueError, match="dag_schedule must be one of"):
+    netspec.spec_from_config(cfg.model)
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    cells._scans(0, 3, 1, 2, False, "target")
 
 
 def test_split_inputs_keeps_values_and_leaves_input_ops_out_of_a_mask_vmap():

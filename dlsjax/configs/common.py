@@ -50,6 +50,9 @@ def paper_model() -> ml_collections.ConfigDict:
   # Layout of the supernet's node tensors: auto (CPU: channel-major CNHW when
   # every op supports it) | NHWC | CNHW. Same values; see netspec.py.
   m.dag_layout = "auto"
+  # How the supernet's DAGs are scanned: auto (CPU: edge) | source | edge.
+  # Same values; "edge" evaluates only real edges (netspec.py, RESULTS.md).
+  m.dag_schedule = "auto"
   # Only used by layout == "darts".
   m.layers_search = 8
   m.layers_train = 20
