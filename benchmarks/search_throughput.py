@@ -1,6 +1,7 @@
 """Images/s, compile time and peak memory of the search step.
 
     python benchmarks/search_throughput.py [--only NAME] [--steps N] [--batch B] [--cpu-devices N]
+        [--set model.dag_schedule=source ...]
 
 Measurements (each in a fresh subprocess, so peak RSS is its own):
 ``darts_cifar_first_order``, ``darts_cifar_second_order`` (the canonical DARTS
@@ -16,7 +17,7 @@ per measurement with ``name``, ``images_per_s``, ``step_s``, ``compile_s``,
 (``--xla_force_host_platform_device_count``): on a CPU the step is then
 data parallel over the cores, as ``dlsjax search`` is with the same
 ``XLA_FLAGS``; on a 2-core CPU 2 devices ran the canonical first-order step
-1.4x faster than one (benchmarks/RESULTS.md).
+1.1-1.2x faster than one (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -49,17 +50,17 @@ def _progress(name: str, **fields) -> None:
   print(json.dumps({"name": name, "partial": True, **fields}), file=sys.stderr, flush=True)
 
 
-def measure(name: str, steps: int, batch: int | None) -> dict:
+def measure(name: str, steps: int, batch: int | None, overrides=()) -> dict:
   import jax
   import numpy as np
 
   from dlsjax import bilevel, runtime, sharding
-  from dlsjax.configs import get_config
+  from dlsjax.main import load_config
   from dlsjax.netspec import spec_from_config
 
   runtime.setup()
   config_name, order = MEASUREMENTS[name]
-  cfg = get_config(config_name)
+  cfg = load_config(config_name, list(overrides))
   spec = spec_from_config(cfg.model, phase="search")
   b = batch or cfg.search.batch_size
   h = bilevel.SearchHParams.from_config(cfg.search, steps_per_epoch=1000)
@@ -115,16 +116,19 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=2, help="timed steps after the compile")
   ap.add_argument("--batch", type=int, help="global batch (default: the config's)")
   ap.add_argument("--cpu-devices", type=int, help="XLA host devices (CPU data parallelism)")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   names = [args.only] if args.only else list(MEASUREMENTS)
   if args.inline:
-    print(json.dumps(measure(names[0], args.steps, args.batch)), flush=True)
+    print(json.dumps(measure(names[0], args.steps, args.batch, args.set)), flush=True)
     return 0
   for name in names:  # one process each: peak RSS and compile caches are per measurement
     cmd = [sys.executable, __file__, "--inline", "--only", name, "--steps", str(args.steps)]
     if args.batch:
       cmd += ["--batch", str(args.batch)]
+    for kv in args.set:
+      cmd += ["--set", kv]
     env = dict(os.environ)
     if args.cpu_devices:
       flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"

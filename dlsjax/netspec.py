@@ -82,7 +82,7 @@ class NetworkSpec:
       edges one per scan step: exactly 14, and no slot axis in their
       operations) or ``auto`` (``edge`` on CPU, where it was measured: the
       canonical first-order search step 1.75 -> 2.12 img/s on one device,
-      2.98 img/s on two host devices; ``source`` elsewhere, as measured on
+      2.00 -> 2.26-2.33 img/s on two host devices; ``source`` elsewhere, as measured on
       GPUs). Same values and parameters; one more compiled body per normal
       cell. A derivation (MPDS) keeps ``source``, the form its speed was
       measured in.
