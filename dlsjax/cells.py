@@ -335,7 +335,7 @@ class MixedDAG(nn.Module):
         nodes = nodes.at[n_in + j].add(total)
         return (nodes, last), new_s
 
-      run_stats = {k: stats[k] for k in stats}
+      run_stats = dict(stats)
       for lo, hi, reads_inputs, per_edge in _scans(
         t0, t1, stride, n_in, self.split_inputs, self.schedule
       ):
@@ -345,6 +345,7 @@ class MixedDAG(nn.Module):
           src, slot = np.nonzero(slot_edges[lo:hi] >= 0)
           rows, cols = src + lo - t0, slot
           fn = functools.partial(edge_body, reads_inputs=reads_inputs)
+          n_steps = len(src)
           xs = (
             (jnp.asarray(src + lo), jnp.asarray(slot)),
             *jax.tree.map(lambda v, r=rows, c=cols: v[r, c], (params, stats, coef)),
@@ -357,11 +358,11 @@ class MixedDAG(nn.Module):
           j0 = max(lo - n_in + 1, 0)
           cols = slice(j0, None)
           fn = functools.partial(body, reads_inputs=reads_inputs, j0=j0)
+          n_steps = hi - lo
           xs = (
             jnp.arange(lo, hi),
             *jax.tree.map(lambda v, r=rows, c=cols: v[r, c], (params, stats, coef)),
           )
-        n_steps = len(xs[0][0]) if per_edge else hi - lo
         (nodes, last), piece = lax.scan(fn, (nodes, last), xs, unroll=n_steps if self.unroll else 1)
         # Statistics of the slots a scan did not evaluate keep their values.
         for k in piece:

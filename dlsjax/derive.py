@@ -184,8 +184,8 @@ class Evaluator:
     # Scoring splits each learnable stem's input sources into a scan of
     # their own, so the candidate vmap leaves their operations unbatched (a
     # stem's inputs never depend on the candidate). The loop runs the same
-    # network (same values either way).
-    # The scoring functions keep the per-source schedule their speed was measured in.
+    # network (same values either way). Both keep the per-source schedule, the
+    # form the scoring speed was measured in.
     self.spec = dataclasses.replace(spec, dag_split_inputs=True, dag_schedule="source")
     self.opts = opts
     self.chunk = opts.chunk or max(len(_op_candidates(spec.op_set)), 1)

@@ -19,6 +19,13 @@ DAG_SCHEDULES = ("auto", "source", "edge")
 FL_STEM_KINDS = ("learnable", "concat", "off")
 
 
+def _on_cpu() -> bool:
+  """Whether JAX runs on CPU: the backend the ``auto`` DAG options were measured on."""
+  import jax
+
+  return jax.default_backend() == "cpu"
+
+
 @dataclasses.dataclass(frozen=True)
 class Modality:
   name: str
@@ -169,26 +176,19 @@ class NetworkSpec:
     """The scan schedule of the supernet's DAGs (see ``dag_schedule``)."""
     if self.dag_schedule != "auto":
       return self.dag_schedule
-    import jax
-
-    return "edge" if jax.default_backend() == "cpu" else "source"
+    return "edge" if _on_cpu() else "source"
 
   def resolved_dag_remat(self) -> bool:
     """Whether the supernet's scan bodies are rematerialised (see ``dag_remat``)."""
     if self.dag_remat == "auto":
-      import jax
-
-      return jax.default_backend() == "cpu"
+      return _on_cpu()
     return bool(self.dag_remat)
 
   def resolved_dag_layout(self) -> str:
     """The layout the supernet's DAGs run in (see ``dag_layout``)."""
     if self.dag_layout != "auto":
       return self.dag_layout
-    import jax
-
-    cpu = jax.default_backend() == "cpu"
-    if cpu and all(ops.get_op(n).channel_major for n in self.op_set):
+    if _on_cpu() and all(ops.get_op(n).channel_major for n in self.op_set):
       return "CNHW"
     return "NHWC"
 

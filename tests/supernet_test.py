@@ -400,36 +400,32 @@ def test_dag_remat_option():
     netspec.spec_from_config(cfg.model)
 
 
-def _conv_sizes(fn, *args):
-  """``(batch size, output features)`` of every convolution in ``fn``'s jaxpr (sub-jaxprs too)."""
-  sizes = []
+def _equations(fn, *args):
+  """Every equation of ``fn``'s jaxpr and of its sub-jaxprs, in order."""
 
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "conv_general_dilated":
-        dims = eqn.params["dimension_numbers"]
-        n = eqn.invars[0].aval.shape[dims.lhs_spec[0]]
-        sizes.append((n, eqn.invars[1].aval.shape[dims.rhs_spec[0]]))
+      yield eqn
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-        walk(sub)
+        yield from walk(sub)
 
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def _conv_sizes(fn, *args):
+  """``(batch size, output features)`` of every convolution in ``fn``'s jaxpr (sub-jaxprs too)."""
+  sizes = []
+  for eqn in _equations(fn, *args):
+    if eqn.primitive.name == "conv_general_dilated":
+      dims = eqn.params["dimension_numbers"]
+      n = eqn.invars[0].aval.shape[dims.lhs_spec[0]]
+      sizes.append((n, eqn.invars[1].aval.shape[dims.rhs_spec[0]]))
   return sizes
 
 
 def _scan_lengths(fn, *args):
   """The ``length`` of every ``lax.scan`` in ``fn``'s jaxpr (sub-jaxprs too), in order."""
-  lengths = []
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "scan":
-        lengths.append(eqn.params["length"])
-      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-        walk(sub)
-
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return lengths
+  return [e.params["length"] for e in _equations(fn, *args) if e.primitive.name == "scan"]
 
 
 @pytest.mark.parametrize("reduction,concat_last", [(False, False), (True, False), (False, True)])
@@ -465,20 +461,21 @@ def test_edge_schedule_keeps_values_gradients_and_statistics(reduction, concat_l
   chex.assert_trees_all_close(g_edge, g_src, atol=1e-4, rtol=2e-4)
   # BN statistics: a real edge's as in "source"; a dead slot of the per-edge scan keeps
   # its old value (the "source" schedule writes zero-weight statistics there).
-  runs = cells.segments(topo, reduction)
-  for key, new in st_edge["batch_stats"].items():
-    r = int(key[3 : key.index("_")])
-    t0 = runs[r][0]
-    for leaf_new, leaf_src, leaf_old in zip(
-      *(jax.tree.leaves(t) for t in (new, st_src["batch_stats"][key], v["batch_stats"][key])),
-      strict=True,
-    ):
-      for t in range(leaf_new.shape[0]):
-        for j in range(topo.n_inner):
-          real = cells._slot_edges(topo)[t0 + t, j] >= 0
-          inner = t0 + t >= topo.n_inputs
-          want = leaf_src[t, j] if real or not inner else leaf_old[t, j]
-          np.testing.assert_allclose(leaf_new[t, j], want, atol=1e-5, err_msg=f"{key} {t} {j}")
+  real = cells._slot_edges(topo) >= 0  # [source, target slot]
+  visited = set()
+  for r, (t0, _, _) in enumerate(cells.segments(topo, reduction)):
+    for name in op_set:
+      key = search_param_name(r, name)
+      if key not in st_edge["batch_stats"]:
+        continue
+      visited.add(key)
+      trees = (st_edge["batch_stats"][key], st_src["batch_stats"][key], v["batch_stats"][key])
+      for leaf_new, leaf_src, leaf_old in zip(*map(jax.tree.leaves, trees), strict=True):
+        for t in range(leaf_new.shape[0]):
+          for j in range(topo.n_inner):
+            want = leaf_src[t, j] if real[t0 + t, j] else leaf_old[t, j]
+            np.testing.assert_allclose(leaf_new[t, j], want, atol=1e-5, err_msg=f"{key} {t} {j}")
+  assert visited and visited == set(st_edge["batch_stats"]) == set(st_src["batch_stats"])
 
   # Exactly the real edges are evaluated: the inner sources' 3 edges one per step.
   def fwd(dag):
