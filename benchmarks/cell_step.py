@@ -1,10 +1,12 @@
 """Forward+backward of one supernet cell: the unit of the search step's cost.
 
     python benchmarks/cell_step.py [--layout auto|NHWC|CNHW] [--no-remat] [--batch 64]
+        [--schedule edge|source] [--ops none,max_pool_3x3]
 
 One DARTS normal cell (4 inner nodes, 8 ops, C=16 at 32x32: the first cells of
 the canonical DARTS search, batch 64) by default; ``--reduction`` for a
-reduction cell. Gradient w.r.t. the weights and the mixing weights, BatchNorm
+reduction cell; ``--ops`` for another op set (one op's share of the cost:
+``--ops none,max_pool_3x3``). Gradient w.r.t. the weights and the mixing weights, BatchNorm
 statistics updated. Prints one JSON line: compile seconds, the fastest of
 ``--steps`` timed calls (ms), peak RSS (MB). A minute on a 2-core CPU, where a
 whole canonical step takes several: use it to compare DAG formulations, then
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
   ap.add_argument("--channels", type=int, default=16)
   ap.add_argument("--reduction", action="store_true")
   ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--schedule", default="edge", choices=["source", "edge"])
+  ap.add_argument("--ops", default="", help="comma-separated op names (default: the DARTS 8)")
   args = ap.parse_args(argv)
   runtime.setup()
   layout = args.layout
@@ -49,16 +53,17 @@ def main(argv=None) -> int:
   C, B, R = args.channels, args.batch, args.resolution
   part = Part(
     topo,
-    ops.DARTS8,
+    tuple(args.ops.split(",")) if args.ops else ops.DARTS8,
     C=2 * C if args.reduction else C,
     reduction=args.reduction,
     ctx=OpContext(train=True),
     remat=not args.no_remat,
     dag_layout=layout,
+    dag_schedule=args.schedule,
   )
   rng = np.random.default_rng(0)
   xs = [jnp.asarray(rng.standard_normal((B, R, R, C)), jnp.float32) for _ in range(2)]
-  w = jnp.asarray(rng.random((topo.num_edges, len(ops.DARTS8))), jnp.float32)
+  w = jnp.asarray(rng.random((topo.num_edges, len(part.op_set))), jnp.float32)
   v = jax.jit(lambda r: part.init({"params": r}, xs, w))(jax.random.PRNGKey(0))
 
   def loss(params, w):
@@ -81,6 +86,8 @@ def main(argv=None) -> int:
     "name": "reduction_cell" if args.reduction else "normal_cell",
     "layout": layout,
     "remat": not args.no_remat,
+    "schedule": args.schedule,
+    "ops": list(part.op_set),
     "batch": B,
     "resolution": R,
     "channels": C,

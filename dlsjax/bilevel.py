@@ -45,12 +45,19 @@ class SearchHParams:
   focal_gamma: float = 2.0
   focal_alpha: float = 1.0
   drop_path: float = 0.2
-  # First order only: run the alpha phase and the weight phase through one
+  # First order: run the alpha phase and the weight phase through one
   # compiled forward+backward (a 2-step ``lax.scan`` over the phases) instead
   # of two. Halves compile time and code size; the price is the weight
   # gradient computed (and discarded) in the alpha phase. Same arithmetic
   # otherwise (tested).
   fuse_phases: bool = True
+  # Second order, the same for its three gradients (the virtual step's weight
+  # gradient, the gradient at the virtual weights, the weight phase: 3 graphs
+  # -> 1), with the mixed second-derivative product (a jvp) under a
+  # ``lax.cond`` in the same body. Off by default: on the 2-core CPU it cut
+  # the canonical step's compile from 231 to 201 s but its speed from 1.18
+  # to 1.02 img/s (benchmarks/RESULTS.md). Same arithmetic (tested).
+  fuse_second_order: bool = False
 
   def __post_init__(self):
     if self.order not in ("first", "second"):
@@ -145,6 +152,18 @@ def make_loss_fn(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None =
   return loss_fn
 
 
+def virtual_weights(h: SearchHParams, xi, params, momentum, g_w):
+  """The DARTS virtual step ``w - xi (mu m + g + wd w)`` (momentum and weight decay included)."""
+  return jax.tree.map(
+    lambda w, m, g: w - xi * (h.w_momentum * m + g + h.w_weight_decay * w), params, momentum, g_w
+  )
+
+
+def _select(cond, new, old):
+  """``new`` where the traced ``cond`` holds, else ``old``, leaf by leaf."""
+  return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
+
+
 def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
   """``alpha_grad(state, train_batch, val_batch, r_train, r_val) -> (g, loss, logits, stats)``.
 
@@ -179,9 +198,7 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
       return loss_fn(p, a, stats, train_batch, r_train, False)[0]
 
     g_w = pmean(jax.grad(train_loss)(params, alphas))
-    virtual = jax.tree.map(
-      lambda w, m, g: w - xi * (h.w_momentum * m + g + h.w_weight_decay * w), params, mom, g_w
-    )
+    virtual = virtual_weights(h, xi, params, mom, g_w)
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
     (loss, (logits, new_stats)), (g_wv, g_a) = grad_fn(
       virtual, alphas, stats, val_batch, r_val, True
@@ -264,9 +281,6 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     r_train, r_val = split_rng(state, rng)
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
-    def select(cond, new, old):
-      return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
-
     def phase(carry, xs):
       params, alphas, stats, opt_w, opt_a = carry
       batch, r, is_weight_phase = xs
@@ -274,10 +288,10 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
       g_w, g_a = pmean(grads)
       upd_a, new_opt_a = a_tx.update(g_a, opt_a, alphas)
       upd_w, new_opt_w = w_tx.update(g_w, opt_w, params)
-      alphas = select(is_weight_phase, alphas, optax.apply_updates(alphas, upd_a))
-      opt_a = select(is_weight_phase, opt_a, new_opt_a)
-      params = select(is_weight_phase, optax.apply_updates(params, upd_w), params)
-      opt_w = select(is_weight_phase, new_opt_w, opt_w)
+      alphas = _select(is_weight_phase, alphas, optax.apply_updates(alphas, upd_a))
+      opt_a = _select(is_weight_phase, opt_a, new_opt_a)
+      params = _select(is_weight_phase, optax.apply_updates(params, upd_w), params)
+      opt_w = _select(is_weight_phase, new_opt_w, opt_w)
       g_norm = jnp.where(is_weight_phase, optax.global_norm(g_w), optax.global_norm(g_a))
       return (params, alphas, stats, opt_w, opt_a), (loss, logits, g_norm)
 
@@ -292,7 +306,63 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
       (g_norm[1], g_norm[0]),
     )  # fmt: skip
 
-  return fused_step if (h.fuse_phases and h.order == "first") else step
+  def fused_second_step(state, train_batch, val_batch, rng):
+    """Second order, the three gradients through one scan body (phases 0, 1, 2).
+
+    0: ``dL_train/dw`` at ``(w, alpha)`` for the virtual step (statistics not
+    kept); 1: the gradients at ``(w', alpha)`` on the alpha half, then (under
+    ``lax.cond``, only in this phase) the mixed product and the alpha update,
+    as :func:`make_alpha_grad`'s ``second``; 2: the weight phase.
+    """
+    r_train, r_val = split_rng(state, rng)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+    xi = schedule(state["step"])
+    mom = momentum_buffer(state["opt_w"])
+    stats0 = state["batch_stats"]
+
+    def mixed_product(alphas, g_wv):
+      def train_alpha_grad(p):
+        return jax.grad(lambda a: loss_fn(p, a, stats0, train_batch, r_train, False)[0])(alphas)
+
+      return pmean(jax.jvp(train_alpha_grad, (state["params"],), (g_wv,))[1])
+
+    def phase(carry, xs):
+      params, alphas, stats, opt_w, opt_a, g_w0 = carry
+      batch, r, k = xs
+      w_in = _select(k == 1, virtual_weights(h, xi, params, mom, g_w0), params)
+      (loss, (logits, new_stats)), grads = grad_fn(w_in, alphas, stats, batch, r, True)
+      g_w, g_a = pmean(grads)
+      zeros = jax.tree.map(jnp.zeros_like, alphas)
+      mixed = jax.lax.cond(k == 1, mixed_product, lambda a, v: zeros, alphas, g_w)
+      g_a = jax.tree.map(lambda d, m: d - xi * m, g_a, mixed)
+      upd_a, new_opt_a = a_tx.update(g_a, opt_a, alphas)
+      upd_w, new_opt_w = w_tx.update(g_w, opt_w, params)
+      alphas = _select(k == 1, optax.apply_updates(alphas, upd_a), alphas)
+      opt_a = _select(k == 1, new_opt_a, opt_a)
+      params = _select(k == 2, optax.apply_updates(params, upd_w), params)
+      opt_w = _select(k == 2, new_opt_w, opt_w)
+      stats = _select(k == 0, stats, new_stats)
+      g_w0 = _select(k == 0, g_w, g_w0)
+      g_norm = jnp.where(k == 1, optax.global_norm(g_a), optax.global_norm(g_w))
+      return (params, alphas, stats, opt_w, opt_a, g_w0), (loss, logits, g_norm)
+
+    batches = jax.tree.map(lambda t, v: jnp.stack([t, v, t]), train_batch, val_batch)
+    xs = (batches, jnp.stack([r_train, r_val, r_train]), jnp.arange(3))
+    carry = tuple(state[k] for k in ("params", "alphas", "batch_stats", "opt_w", "opt_a"))
+    carry += (jax.tree.map(jnp.zeros_like, state["params"]),)
+    (params, alphas, stats, opt_w, opt_a, _), (loss, logits, g_norm) = jax.lax.scan(
+      phase, carry, xs
+    )
+    return finish(
+      state, params, alphas, stats, opt_w, opt_a,
+      (loss[2], logits[2], train_batch["label"]),
+      (loss[1], logits[1], val_batch["label"]),
+      (g_norm[2], g_norm[1]),
+    )  # fmt: skip
+
+  if h.order == "first":
+    return fused_step if h.fuse_phases else step
+  return fused_second_step if h.fuse_second_order else step
 
 
 def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):

@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 
 from dlsjax import ops
-from dlsjax.layers import OpContext, channel_axis, to_layout
+from dlsjax.layers import MAX_POOL_TAP, OpContext, channel_axis, to_layout
 from dlsjax.topology import Topology
 
 
@@ -306,7 +306,12 @@ class MixedDAG(nn.Module):
         return total, new_s
 
       if self.remat and not self.is_initializing():
-        apply_ops = jax.checkpoint(apply_ops)
+        # Recompute the ops in the backward pass, but keep max pooling's
+        # int8 first-maximum index: recomputed inside the gradient's fused loop
+        # it made that loop 8x slower (layers.max_pool_tap).
+        apply_ops = jax.checkpoint(
+          apply_ops, policy=jax.checkpoint_policies.save_only_these_names(MAX_POOL_TAP)
+        )
 
       def body(carry, xs, reads_inputs, j0, apply_ops=apply_ops):
         # j0: the first target slot the scan's sources can reach (> 0 only for a

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 DEPTHWISE_IMPLS = ("auto", "xla", "dense", "toeplitz")
 LAYOUTS = ("NHWC", "CNHW")
@@ -347,25 +348,47 @@ def _pool_taps(x, stride: int, layout: str, fill: float):
   return taps
 
 
+MAX_POOL_TAP = "max_pool_tap"
+
+
+def max_pool_tap(x, stride: int, layout: str):
+  """``int8``: the row-major index (0-8) of the first maximum of each 3x3 window.
+
+  Named :data:`MAX_POOL_TAP` (``jax.ad_checkpoint.checkpoint_name``) so that a
+  ``jax.checkpoint`` policy can keep it for the backward pass (the supernet's
+  DAG does, ``cells.MixedDAG``).
+  """
+  best = idx = None
+  for k, xt in enumerate(_pool_taps(x, stride, layout, -jnp.inf)):
+    if best is None:
+      best, idx = xt, jnp.zeros(xt.shape, jnp.int8)
+      continue
+    better = xt > best
+    idx = jnp.where(better, jnp.int8(k), idx)
+    best = jnp.maximum(best, xt)
+  return checkpoint_name(idx, MAX_POOL_TAP)
+
+
 @_max_pool.defjvp
 def _max_pool_jvp(stride, layout, primals, tangents):
   """The tangent of the first maximum of each window (row-major order).
 
-  Written with nine strided slices and selects, so its transpose (the gradient)
-  is nine pads that XLA fuses into one loop; the derivative XLA derives for
+  Written with nine strided slices and selects on the window's first-maximum
+  index (:func:`max_pool_tap`), so its transpose (the gradient) is nine pads
+  that XLA fuses into one loop; the derivative XLA derives for
   ``reduce_window`` (a variadic arg-max window, then a scatter) took ~9x the
-  forward time on a 2-core CPU. Plain JAX: forward-over-reverse works too.
+  forward time on a 2-core CPU. The index is computed once and kept as an
+  ``int8`` tensor: recomputed inside the gradient's loop from the window's
+  values (a chain of compares per tap) the gradient took 8x the time of an
+  average pooling's, 60 ms for ``[16, 32, 32, 32]`` (2-core CPU,
+  benchmarks/RESULTS.md). Plain JAX: forward-over-reverse works too.
   """
   (x,), (dx,) = primals, tangents
   y = _max_pool(x, stride, layout)
-  taken = None
-  dy = jnp.zeros_like(y)
-  for xt, dxt in zip(
-    _pool_taps(x, stride, layout, -jnp.inf), _pool_taps(dx, stride, layout, 0.0), strict=True
-  ):
-    hit = xt == y if taken is None else (xt == y) & ~taken
-    taken = hit if taken is None else taken | hit
-    dy = jnp.where(hit, dxt, dy)
+  idx = max_pool_tap(x, stride, layout)
+  dy = None
+  for k, dxt in enumerate(_pool_taps(dx, stride, layout, 0.0)):
+    dy = dxt if dy is None else jnp.where(idx == k, dxt, dy)
   return y, dy
 
 

@@ -152,6 +152,28 @@ def test_one_device_pmap_and_shard_map_agree():
   assert np.abs(ref["alphas"]["normal"] - init["alphas"]["normal"]).max() > 1e-3
 
 
+@pytest.mark.heavy
+def test_fused_second_order_step_equals_the_unfused_one():
+  """Second order with the three gradients (and the jvp) in one scan body = one graph each."""
+  spec = one_cell_spec()
+  h = bilevel.SearchHParams(
+    order="second", steps_per_epoch=3, w_lr=0.05, alpha_lr=0.01, drop_path=0.2
+  )
+  batches = [(batch(spec, 6, 2 * i), batch(spec, 6, 2 * i + 1)) for i in range(2)]
+  init = jax.device_get(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
+  assert not h.fuse_second_order  # the default: one graph per gradient
+  ref, m_ref = run_steps(spec, h, "pmap", 1, batches, init)
+  fused = dataclasses.replace(h, fuse_second_order=True)
+  out, m = run_steps(spec, fused, "pmap", 1, batches, init)
+  for k in ("alphas", "params", "batch_stats", "opt_w", "opt_a"):
+    for a, b in zip(jax.tree.leaves(out[k]), jax.tree.leaves(ref[k]), strict=True):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5, err_msg=k)
+  for key in m_ref[-1]:
+    np.testing.assert_allclose(m[-1][key], m_ref[-1][key], rtol=1e-4, atol=1e-6, err_msg=key)
+  # The second step moved the alphas again (the momentum of the virtual step is non-zero).
+  assert np.abs(ref["alphas"]["normal"] - init["alphas"]["normal"]).max() > 1e-3
+
+
 def test_paper_search_defaults():
   """Every search hyper-parameter of paper Section III-B is the `paper` config's default."""
   from dlsjax.configs import get_config

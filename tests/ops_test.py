@@ -286,3 +286,15 @@ def test_max_pool_derivative_is_the_first_window_maximum(layout, stride):
   v = rand(x.shape, seed=8)
   hvp = lambda f: jax.jvp(jax.grad(lambda x: jnp.sum(f(x) ** 2)), (x,), (v,))
   chex.assert_trees_all_close(hvp(ours), hvp(ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_tap_is_the_first_maximum_of_each_window(stride):
+  """``max_pool_tap`` (what the gradient routes through) against a direct loop, with ties."""
+  x = np.asarray(np.random.default_rng(3).integers(0, 3, (2, 7, 7, 2)), np.float32)  # many ties
+  got = np.asarray(layers.max_pool_tap(jnp.asarray(x), stride, "NHWC"))
+  assert got.dtype == np.int8
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+  for b, h, w, c in np.ndindex(got.shape):
+    window = xp[b, h * stride : h * stride + 3, w * stride : w * stride + 3, c].reshape(-1)
+    assert got[b, h, w, c] == int(np.argmax(window)), (b, h, w, c)  # argmax: the first maximum

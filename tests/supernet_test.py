@@ -366,6 +366,31 @@ def test_dag_layout_and_remat_keep_values_gradients_and_statistics(reduction):
       chex.assert_trees_all_close(slot, upd["batch_stats"], atol=1e-6)
 
 
+@pytest.mark.parametrize("schedule", ["source", "edge"])
+def test_dag_remat_keeps_the_max_pool_tap(schedule, capsys):
+  """The rematerialised scan body saves, per step, its input node and max pooling's int8
+  first-maximum index for the backward pass (recomputed there, that index made the
+  gradient's fused loop 8x slower) and no other array."""
+  from jax.ad_checkpoint import print_saved_residuals
+
+  op_set = ("none", "max_pool_3x3", "sep_conv_3x3")
+  topo = Topology(2, 2)
+  xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 6, 6, 4)) for i in range(2)]
+  w = jnp.ones((topo.num_edges, len(op_set)))
+  ctx = OpContext(train=True)
+  dag = MixedDAG(topo, op_set, 4, False, ctx, remat=True, layout="CNHW", schedule=schedule)
+  v = jax.jit(dag.init)(jax.random.PRNGKey(0), xs, w)
+  loss = lambda p, xs: sum(jnp.sum(o) for o in dag.apply({**v, "params": p}, xs, w))
+  print_saved_residuals(loss, v["params"], xs)
+  from_scans = [line for line in capsys.readouterr().out.splitlines() if "output of scan" in line]
+  n_scans = {"source": 1, "edge": 2}[schedule]
+  node = "4,2,6,6]"  # [steps, C, B, H, W]
+  assert sum(line.startswith("i8[") and node in line for line in from_scans) == n_scans
+  assert sum(line.startswith("f32[") and node in line for line in from_scans) == n_scans
+  assert all(line.startswith(("i8[", "f32[", "i32[")) for line in from_scans)
+  assert not [line for line in from_scans if line.startswith("f32[") and node not in line]
+
+
 def test_dag_layout_auto_and_errors():
   spec = tiny_spec()
   assert spec.dag_layout == "auto" and spec.resolved_dag_layout() == "CNHW"  # CPU, built-in ops

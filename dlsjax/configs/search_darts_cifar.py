@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       focal_gamma=0.0,  # DARTS uses cross-entropy
       focal_alpha=1.0,
       fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)
+      fuse_second_order=False,  # second order the same: compiles faster, runs slower
       drop_path=0.0,
       crop_padding=4,
       hflip=True,

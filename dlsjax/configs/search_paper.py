@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       focal_gamma=2.0,
       focal_alpha=1.0,
       fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)
+      fuse_second_order=False,  # second order the same: compiles faster, runs slower
       drop_path=0.2,  # fixed during search
       crop_padding=8,
       hflip=True,
