@@ -159,6 +159,16 @@ def virtual_weights(h: SearchHParams, xi, params, momentum, g_w):
   )
 
 
+def mixed_product(loss_fn, params, alphas, stats, batch, rng, v):
+  """``(d2 L / dw dalpha) v`` of ``loss_fn`` (BN statistics not updated), forward-over-reverse:
+  ``jax.jvp`` of the alpha gradient in the weight direction ``v``."""
+
+  def alpha_grad(p):
+    return jax.grad(lambda a: loss_fn(p, a, stats, batch, rng, False)[0])(alphas)
+
+  return jax.jvp(alpha_grad, (params,), (v,))[1]
+
+
 def _select(cond, new, old):
   """``new`` where the traced ``cond`` holds, else ``old``, leaf by leaf."""
   return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
@@ -204,7 +214,7 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
       virtual, alphas, stats, val_batch, r_val, True
     )
     g_wv = pmean(g_wv)
-    _, mixed = jax.jvp(lambda p: jax.grad(train_loss, argnums=1)(p, alphas), (params,), (g_wv,))
+    mixed = mixed_product(loss_fn, params, alphas, stats, train_batch, r_train, g_wv)
     g = jax.tree.map(lambda d, m: d - xi * m, pmean(g_a), pmean(mixed))
     return g, loss, logits, new_stats
 
@@ -318,13 +328,10 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
     xi = schedule(state["step"])
     mom = momentum_buffer(state["opt_w"])
-    stats0 = state["batch_stats"]
+    params0, stats0 = state["params"], state["batch_stats"]
 
-    def mixed_product(alphas, g_wv):
-      def train_alpha_grad(p):
-        return jax.grad(lambda a: loss_fn(p, a, stats0, train_batch, r_train, False)[0])(alphas)
-
-      return pmean(jax.jvp(train_alpha_grad, (state["params"],), (g_wv,))[1])
+    def mixed(alphas, g_wv):
+      return pmean(mixed_product(loss_fn, params0, alphas, stats0, train_batch, r_train, g_wv))
 
     def phase(carry, xs):
       params, alphas, stats, opt_w, opt_a, g_w0 = carry
@@ -333,8 +340,8 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
       (loss, (logits, new_stats)), grads = grad_fn(w_in, alphas, stats, batch, r, True)
       g_w, g_a = pmean(grads)
       zeros = jax.tree.map(jnp.zeros_like, alphas)
-      mixed = jax.lax.cond(k == 1, mixed_product, lambda a, v: zeros, alphas, g_w)
-      g_a = jax.tree.map(lambda d, m: d - xi * m, g_a, mixed)
+      m_a = jax.lax.cond(k == 1, mixed, lambda a, v: zeros, alphas, g_w)
+      g_a = jax.tree.map(lambda d, m: d - xi * m, g_a, m_a)
       upd_a, new_opt_a = a_tx.update(g_a, opt_a, alphas)
       upd_w, new_opt_w = w_tx.update(g_w, opt_w, params)
       alphas = _select(k == 1, optax.apply_updates(alphas, upd_a), alphas)

@@ -370,7 +370,7 @@ def test_dag_layout_and_remat_keep_values_gradients_and_statistics(reduction):
 def test_dag_remat_keeps_the_max_pool_tap(schedule, capsys):
   """The rematerialised scan body saves, per step, its input node and max pooling's int8
   first-maximum index for the backward pass (recomputed there, that index made the
-  gradient's fused loop 8x slower) and no other array."""
+  gradient's fused loop 8x slower) and no other float array (only integer indices besides)."""
   from jax.ad_checkpoint import print_saved_residuals
 
   op_set = ("none", "max_pool_3x3", "sep_conv_3x3")
