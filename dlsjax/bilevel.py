@@ -58,10 +58,18 @@ class SearchHParams:
   # the canonical step's compile from 231 to 201 s but its speed from 1.18
   # to 1.02 img/s (benchmarks/RESULTS.md). Same arithmetic (tested).
   fuse_second_order: bool = False
+  # Second order: how the mixed product (d2 L_train / dw dalpha) v is
+  # differentiated (:func:`mixed_product`): "fwd_rev" (forward-over-reverse,
+  # the issue's choice and the default) or "rev_fwd" (reverse-over-forward).
+  mixed_product: str = "fwd_rev"
 
   def __post_init__(self):
     if self.order not in ("first", "second"):
       raise ValueError(f"search.order must be 'first' or 'second', got {self.order!r}")
+    if self.mixed_product not in ("fwd_rev", "rev_fwd"):
+      raise ValueError(
+        f"search.mixed_product must be 'fwd_rev' or 'rev_fwd', got {self.mixed_product!r}"
+      )
 
   @classmethod
   def from_config(cls, search_cfg, steps_per_epoch: int) -> SearchHParams:
@@ -159,9 +167,23 @@ def virtual_weights(h: SearchHParams, xi, params, momentum, g_w):
   )
 
 
-def mixed_product(loss_fn, params, alphas, stats, batch, rng, v):
-  """``(d2 L / dw dalpha) v`` of ``loss_fn`` (BN statistics not updated), forward-over-reverse:
-  ``jax.jvp`` of the alpha gradient in the weight direction ``v``."""
+def mixed_product(loss_fn, params, alphas, stats, batch, rng, v, mode: str = "fwd_rev"):
+  """``(d2 L / dw dalpha) v`` of ``loss_fn`` (BN statistics not updated).
+
+  ``mode="fwd_rev"`` (forward-over-reverse): ``jax.jvp`` of the alpha gradient
+  in the weight direction ``v``. ``mode="rev_fwd"`` (reverse-over-forward):
+  ``jax.grad`` over the alphas of the directional derivative ``jvp(L, v)``.
+  Both are exact and equal (tested). On the 2-core CPU they compile and run
+  alike (benchmarks/RESULTS.md, fifth session: timed alone 10.8 vs 11.0 s,
+  within the full step 6% apart in one pair of runs); the option is there for
+  backends where the two orders differ.
+  """
+  if mode == "rev_fwd":
+
+    def directional(a):
+      return jax.jvp(lambda p: loss_fn(p, a, stats, batch, rng, False)[0], (params,), (v,))[1]
+
+    return jax.grad(directional)(alphas)
 
   def alpha_grad(p):
     return jax.grad(lambda a: loss_fn(p, a, stats, batch, rng, False)[0])(alphas)
@@ -182,8 +204,8 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
   + wd w)``, the DARTS virtual step (momentum ``m`` and weight decay included,
   ``xi`` the current weight lr), differentiated exactly through ``w'``:
   ``dL_val/dalpha - xi (d2 L_train / dw dalpha) v`` with ``v = dL_val/dw'``;
-  the mixed second-derivative product is computed forward-over-reverse
-  (``jax.jvp`` of the alpha gradient in the direction ``v``), not by finite
+  the mixed second-derivative product is computed exactly by autodiff
+  (forward-over-reverse by default, ``h.mixed_product``), not by finite
   differences. ``stats`` are the BN statistics after the validation forward.
   """
   loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
@@ -214,7 +236,9 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
       virtual, alphas, stats, val_batch, r_val, True
     )
     g_wv = pmean(g_wv)
-    mixed = mixed_product(loss_fn, params, alphas, stats, train_batch, r_train, g_wv)
+    mixed = mixed_product(
+      loss_fn, params, alphas, stats, train_batch, r_train, g_wv, h.mixed_product
+    )
     g = jax.tree.map(lambda d, m: d - xi * m, pmean(g_a), pmean(mixed))
     return g, loss, logits, new_stats
 
@@ -331,7 +355,9 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     params0, stats0 = state["params"], state["batch_stats"]
 
     def mixed(alphas, g_wv):
-      return pmean(mixed_product(loss_fn, params0, alphas, stats0, train_batch, r_train, g_wv))
+      return pmean(
+        mixed_product(loss_fn, params0, alphas, stats0, train_batch, r_train, g_wv, h.mixed_product)
+      )
 
     def phase(carry, xs):
       params, alphas, stats, opt_w, opt_a, g_w0 = carry

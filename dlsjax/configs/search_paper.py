@@ -32,6 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       focal_alpha=1.0,
       fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)
       fuse_second_order=False,  # second order the same: compiles faster, runs slower
+      mixed_product="fwd_rev",  # or "rev_fwd": same numbers, order of autodiff
       drop_path=0.2,  # fixed during search
       crop_padding=8,
       hflip=True,
