@@ -54,9 +54,12 @@ class SearchHParams:
   # Second order, the same for its three gradients (the virtual step's weight
   # gradient, the gradient at the virtual weights, the weight phase: 3 graphs
   # -> 1), with the mixed second-derivative product (a jvp) under a
-  # ``lax.cond`` in the same body. Off by default: on the 2-core CPU it cut
-  # the canonical step's compile from 231 to 201 s but its speed from 1.18
-  # to 1.02 img/s (benchmarks/RESULTS.md). Same arithmetic (tested).
+  # ``lax.cond`` in the same body. Same arithmetic (tested). On the 2-core
+  # CPU, in back-to-back pairs on the canonical step, it compiles 27-34%
+  # faster and peaks 18-20% lower, but its speed ranged from -14% to +14%
+  # (benchmarks/RESULTS.md). Off by default, because in a real search the
+  # steps cost far more than the one compile; turn it on for short runs or
+  # when memory is tight.
   fuse_second_order: bool = False
   # Second order: how the mixed product (d2 L_train / dw dalpha) v is
   # differentiated (:func:`mixed_product`): "fwd_rev" (forward-over-reverse,
