@@ -55,12 +55,11 @@ class SearchHParams:
   # gradient, the gradient at the virtual weights, the weight phase: 3 graphs
   # -> 1), with the mixed second-derivative product (a jvp) under a
   # ``lax.cond`` in the same body. Same arithmetic (tested). On the 2-core
-  # CPU, in back-to-back pairs on the canonical step, it compiles 27-34%
-  # faster and peaks 18-20% lower, but its speed ranged from -14% to +14%
-  # (benchmarks/RESULTS.md). Off by default, because in a real search the
-  # steps cost far more than the one compile; turn it on for short runs or
-  # when memory is tight.
-  fuse_second_order: bool = False
+  # CPU, in five back-to-back pairs on the canonical step, it compiled 25-34%
+  # faster and peaked 18-20% lower, at the same speed within the machine's
+  # drift (-7% to +14%, the last two pairs -1% and 0%; benchmarks/RESULTS.md),
+  # so it is the default. False: one graph per gradient.
+  fuse_second_order: bool = True
   # Second order: how the mixed product (d2 L_train / dw dalpha) v is
   # differentiated (:func:`mixed_product`): "fwd_rev" (forward-over-reverse,
   # the choice and the default) or "rev_fwd" (reverse-over-forward).
