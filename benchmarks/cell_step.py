@@ -1,16 +1,19 @@
 """Forward+backward of one supernet cell: the unit of the search step's cost.
 
     python benchmarks/cell_step.py [--layout auto|NHWC|CNHW] [--no-remat] [--batch 64]
-        [--schedule edge|source] [--ops none,max_pool_3x3]
+        [--schedule edge|source] [--ops none,max_pool_3x3] [--mixed]
 
 One DARTS normal cell (4 inner nodes, 8 ops, C=16 at 32x32: the first cells of
 the canonical DARTS search, batch 64) by default; ``--reduction`` for a
 reduction cell; ``--ops`` for another op set (one op's share of the cost:
-``--ops none,max_pool_3x3``). Gradient w.r.t. the weights and the mixing weights, BatchNorm
-statistics updated. Prints one JSON line: compile seconds, the fastest of
-``--steps`` timed calls (ms), peak RSS (MB). A minute on a 2-core CPU, where a
-whole canonical step takes several: use it to compare DAG formulations, then
-confirm with ``search_throughput.py``.
+``--ops none,max_pool_3x3``). Gradient w.r.t. the weights and the mixing
+weights, BatchNorm statistics updated; ``--mixed`` times the second-order
+step's mixed product instead (``jax.jvp`` of the mixing-weight gradient in a
+weight direction, as ``bilevel.mixed_product``; statistics not updated).
+Prints one JSON line: compile seconds, the fastest of ``--steps`` timed calls
+(ms), peak RSS (MB). A minute on a 2-core CPU, where a whole canonical step
+takes several: use it to compare DAG formulations, then confirm with
+``search_throughput.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--schedule", default="edge", choices=["source", "edge"])
   ap.add_argument("--ops", default="", help="comma-separated op names (default: the DARTS 8)")
+  ap.add_argument("--mixed", action="store_true", help="time (d2 L / dw dalpha) v instead")
   args = ap.parse_args(argv)
   runtime.setup()
   layout = args.layout
@@ -73,6 +77,13 @@ def main(argv=None) -> int:
     return jnp.mean(out**2), stats
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+  if args.mixed:  # forward-over-reverse, as bilevel.mixed_product's default
+    direction = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), v["params"])
+
+    def w_grad(params, w):
+      return jax.grad(lambda ww: loss(params, ww)[0])(w)
+
+    grad = jax.jit(lambda params, w: jax.jvp(lambda p: w_grad(p, w), (params,), (direction,))[1])
   t = time.perf_counter()
   compiled = grad.lower(v["params"], w).compile()
   compile_s = time.perf_counter() - t
@@ -87,6 +98,7 @@ def main(argv=None) -> int:
     "layout": layout,
     "remat": not args.no_remat,
     "schedule": args.schedule,
+    "measured": "mixed_product" if args.mixed else "gradient",
     "ops": list(part.op_set),
     "batch": B,
     "resolution": R,

@@ -103,6 +103,14 @@ class NetworkSpec:
       evaluates them with zero weight; their BN statistics, which no output
       reads, are then left as they were). Not a config option; a search
       leaves it off.
+    share_cell_bodies: run each stretch of two or more consecutive normal
+      cells of the supernet as one ``lax.scan`` over the cells
+      (``Network._shared_run``), so XLA compiles one DAG body per stretch
+      instead of one per cell (the canonical DARTS layout: 5 cell bodies
+      instead of 8). Same values, parameters and statistics; DropPath draws
+      its masks from other keys; a few percent more arithmetic (one 1x1
+      preprocessing per stretch whose result is dropped). The derived network
+      is unaffected. Config ``model.share_cell_bodies``.
   """
 
   modalities: tuple[Modality, ...]
@@ -124,6 +132,7 @@ class NetworkSpec:
   dag_layout: str = "auto"
   dag_schedule: str = "auto"
   dag_split_inputs: bool = False
+  share_cell_bodies: bool = True
 
   def __post_init__(self):
     if not self.modalities:
@@ -321,4 +330,5 @@ def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
     dag_remat=_remat_option(m.get("dag_remat", "auto")),
     dag_layout=m.get("dag_layout", "auto"),
     dag_schedule=m.get("dag_schedule", "auto"),
+    share_cell_bodies=bool(m.get("share_cell_bodies", True)),
   )

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dlsjax import layers
 from dlsjax.cells import DerivedDAG, MixedDAG
@@ -51,6 +52,27 @@ class ManualStem(nn.Module):
     return BatchNorm(OpContext(**{**self.ctx.__dict__, "affine": True}))(layers.conv(x, w))
 
 
+def pre0_module(s0, s1, C: int, ctx: OpContext, **kw) -> nn.Module:
+  """A cell's ``s0`` preprocessing: factorized reduce if ``s0`` has twice ``s1``'s resolution."""
+  if s0.shape[1] == 2 * s1.shape[1]:
+    return FactorizedReduce(C, ctx, **kw)
+  if s0.shape[1] == s1.shape[1]:
+    return ReLUConvBN(C, 1, 1, ctx, **kw)
+  raise ValueError(f"cell inputs of incompatible resolution {s0.shape} vs {s1.shape}")
+
+
+def _apply_detached(mod, params, stats, *args, rngs=None):
+  """``(output, new batch_stats)`` of an unbound module on explicit variables."""
+  y, upd = mod.apply(
+    {"params": params, "batch_stats": stats}, *args, mutable=["batch_stats"], rngs=rngs
+  )
+  return y, upd.get("batch_stats", {})
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
 class Part(nn.Module):
   """A cell or learnable stem: the DAG of one learnable part plus its in/out plumbing.
 
@@ -76,33 +98,31 @@ class Part(nn.Module):
   split_inputs: bool = False
   dag_schedule: str = "source"
 
+  def mixed_dag_fields(self) -> dict:
+    """The fields of this part's search DAG (``MixedDAG``)."""
+    return dict(
+      topology=self.topology,
+      op_set=self.op_set,
+      C=self.C,
+      reduction=self.reduction,
+      ctx=self.ctx,
+      drop_path=self.drop_path,
+      unroll=self.unroll,
+      remat=self.remat,
+      layout=self.dag_layout,
+      split_inputs=self.split_inputs,
+      schedule=self.dag_schedule,
+    )
+
   @nn.compact
   def __call__(self, inputs, weights_EK=None, drop_prob=0.0):
     ctx = self.ctx
     if not self.is_stem:
       s0, s1 = inputs
-      if s0.shape[1] == 2 * s1.shape[1]:
-        p0 = FactorizedReduce(self.C, ctx, name="pre0")(s0)
-      elif s0.shape[1] == s1.shape[1]:
-        p0 = ReLUConvBN(self.C, 1, 1, ctx, name="pre0")(s0)
-      else:
-        raise ValueError(f"cell inputs of incompatible resolution {s0.shape} vs {s1.shape}")
+      p0 = pre0_module(s0, s1, self.C, ctx, name="pre0")(s0)
       inputs = [p0, ReLUConvBN(self.C, 1, 1, ctx, name="pre1")(s1)]
     if self.choice is None:
-      nodes = MixedDAG(
-        self.topology,
-        self.op_set,
-        self.C,
-        self.reduction,
-        ctx,
-        self.drop_path,
-        unroll=self.unroll,
-        remat=self.remat,
-        layout=self.dag_layout,
-        split_inputs=self.split_inputs,
-        schedule=self.dag_schedule,
-        name="dag",
-      )(inputs, weights_EK, drop_prob)
+      nodes = MixedDAG(**self.mixed_dag_fields(), name="dag")(inputs, weights_EK, drop_prob)
     else:
       nodes = DerivedDAG(
         self.topology,
@@ -240,12 +260,20 @@ class Network(nn.Module):
     s1 = fused
     C = spec.cell_channels
     aux_at = 2 * len(spec.cells) // 3
-    for i, kind in enumerate(spec.cells):
+    shared = search and spec.share_cell_bodies and not self.aux_head
+    runs = self._shared_runs(fl) if shared and not self.is_initializing() else {}
+    i = 0
+    while i < len(spec.cells):
+      kind = spec.cells[i]
+      if fl is not None and 0 < i < spec.fl_stem_cells:
+        s0 = fl
+      if i in runs:
+        s0, s1 = self._shared_run(i, runs[i], s0, s1, fl, C, part, drop_prob)
+        i += runs[i]
+        continue
       reduction = kind == "reduce"
       if reduction:
         C *= 2
-      if fl is not None and 0 < i < spec.fl_stem_cells:
-        s0 = fl
       mod, w = part(kind, C=C, reduction=reduction, name=f"cell{i}")
       s0, s1 = s1, mod([s0, s1], w, drop_prob)
       if self.aux_head and train and i == aux_at:
@@ -255,11 +283,116 @@ class Network(nn.Module):
           "aux_logits",
           AuxHead(spec.num_classes, aux_ctx, name="aux_head")(s1),
         )
+      i += 1
     if not search:  # Grad-CAM differentiates w.r.t. this map (no-op without "perturbations")
       s1 = self.perturb("features", s1)
     self.sow("intermediates", "features", s1)
     pooled = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(spec.num_classes, name="head")(pooled)
+
+  def _shared_runs(self, fl) -> dict[int, int]:
+    """``{first cell: length}`` of the runs of consecutive normal cells that share one DAG body.
+
+    A run is two or more normal cells in a row (one stage: same channels and
+    resolution). From its third cell on, a cell's ``s0`` must be the output of
+    the cell two back, so a cell whose ``s0`` is the FL Stem's output starts a
+    new run (``fl_stem_cells``).
+    """
+    spec = self.spec
+    cells, runs, i = spec.cells, {}, 0
+    while i < len(cells):
+      if cells[i] != "normal":
+        i += 1
+        continue
+      j = i + 1
+      while j < len(cells) and cells[j] == "normal":
+        if j >= i + 2 and fl is not None and j < spec.fl_stem_cells:
+          break
+        j += 1
+      if j - i >= 2:
+        runs[i] = j - i
+      i = j
+    return runs
+
+  def _shared_run(self, first, m, s0, s1, fl, C, part, drop_prob):
+    """Normal cells ``first .. first + m - 1`` as one ``lax.scan``: XLA compiles one body for all.
+
+    Same values, parameters (``cell{i}`` as in the unshared network) and
+    statistics as calling the cells one after another (``share_cell_bodies``
+    in ``NetworkSpec``); only DropPath draws its masks from other keys. Step
+    ``t`` runs cell ``t``'s DAG on its preprocessed inputs, then the
+    preprocessing that reads the new output: cell ``t + 1``'s ``pre1`` and
+    cell ``t + 2``'s ``pre0`` (both 1x1 ReLU-conv-BN). The first cell's
+    preprocessing and the second cell's ``pre0`` (which read tensors of
+    other shapes) run before the scan. The last step's ``pre1`` (and the
+    last two steps' ``pre0``) have no next cell: they run on the parameters
+    of cell ``first + 1``'s ``pre1`` and their results and statistics are
+    dropped (one 1x1 convolution per run, a few percent of a cell).
+    """
+    spec = self.spec
+    mod, w = part("normal", C=C, reduction=False, parent=None)
+    ctx = mod.ctx
+    dag = MixedDAG(**mod.mixed_dag_fields(), parent=None)
+    rcb = ReLUConvBN(C, 1, 1, ctx, parent=None)
+    names = [f"cell{first + t}" for t in range(m)]
+    P = [self.get_variable("params", n) for n in names]
+    S = [self.get_variable("batch_stats", n, {}) for n in names]
+    new_S = [dict(s) for s in S]
+
+    def keep(t, key, value):
+      if key in S[t]:
+        new_S[t][key] = value
+
+    p0, st = _apply_detached(
+      pre0_module(s0, s1, C, ctx, parent=None), P[0]["pre0"], S[0].get("pre0", {}), s0
+    )
+    keep(0, "pre0", st)
+    p1, st = _apply_detached(rcb, P[0]["pre1"], S[0].get("pre1", {}), s1)
+    keep(0, "pre1", st)
+    s0_next = fl if fl is not None and 0 < first + 1 < spec.fl_stem_cells else s1
+    p0_next, st = _apply_detached(
+      pre0_module(s0_next, s1, C, ctx, parent=None), P[1]["pre0"], S[1].get("pre0", {}), s0_next
+    )
+    keep(1, "pre0", st)
+
+    def at(t, key):  # a later cell's 1x1 preprocessing, or the stand-in past the run's end
+      return (P[t][key], S[t].get(key, {})) if t < m else (P[1]["pre1"], S[1].get("pre1", {}))
+
+    pre1_next = [at(t + 1, "pre1") for t in range(m)]
+    pre0_after = [at(t + 2, "pre0") for t in range(m)] if m >= 3 else None
+    keys = jax.random.split(self.make_rng("dropout"), m) if mod.drop_path else None
+    xs = (
+      _stack([P[t]["dag"] for t in range(m)]),
+      _stack([S[t].get("dag", {}) for t in range(m)]),
+      _stack(pre1_next),
+      None if pre0_after is None else _stack(pre0_after),
+      keys,
+    )
+
+    def body(carry, xs):
+      p0, p1, p0_next = carry
+      dag_p, dag_s, (q1_p, q1_s), q0, key = xs
+      rngs = None if key is None else {"dropout": key}
+      nodes, dag_s = _apply_detached(dag, dag_p, dag_s, [p0, p1], w, drop_prob, rngs=rngs)
+      out = jnp.concatenate(nodes, axis=-1)
+      p1_next, q1_s = _apply_detached(rcb, q1_p, q1_s, out)
+      p0_after, q0_s = p0_next, None
+      if q0 is not None:
+        p0_after, q0_s = _apply_detached(rcb, q0[0], q0[1], out)
+      return (p0_next, p1_next, p0_after), (out, dag_s, q1_s, q0_s)
+
+    unroll = m if spec.scan_unroll else 1
+    _, (outs, dag_s, q1_s, q0_s) = lax.scan(body, (p0, p1, p0_next), xs, unroll=unroll)
+    for t in range(m):
+      keep(t, "dag", jax.tree.map(lambda a, t=t: a[t], dag_s))
+      if t + 1 < m:
+        keep(t + 1, "pre1", jax.tree.map(lambda a, t=t: a[t], q1_s))
+      if t + 2 < m:
+        keep(t + 2, "pre0", jax.tree.map(lambda a, t=t: a[t], q0_s))
+    if self.is_mutable_collection("batch_stats"):
+      for n, s in zip(names, new_S, strict=True):
+        self.put_variable("batch_stats", n, s)
+    return outs[m - 2], outs[m - 1]
 
   def _fusing(self, feats, ctx, part, drop_prob):
     """The Fusing Stem's output from the manual stems' ``feats`` (by modality)."""

@@ -155,18 +155,23 @@ def test_one_device_pmap_and_shard_map_agree():
   """Same global batches: 1 device, 4 with pmap, 4 with shard_map give the same search state.
 
   The 1-device reference runs the two phases as two separate gradients
-  (``fuse_phases=False``); the 4-device runs use the fused 2-step scan, so
-  the comparison covers both step formulations too.
+  (``fuse_phases=False``) and the cells one by one (``share_cell_bodies=False``);
+  the 4-device runs use the fused 2-step scan and one scan over the cells, so the
+  comparison covers both formulations too.
   """
-  # One cell, one modality, no learnable stems: the device mapping is what is tested.
-  spec = one_cell_spec()
+  # Two normal cells, one modality, no learnable stems: the device mapping is what is
+  # tested. The 4-device runs scan the two cells with one body (``share_cell_bodies``, the
+  # default), so synchronised BatchNorm inside that scan is covered; the reference does not.
+  spec = dataclasses.replace(one_cell_spec(), cells=("normal", "normal"))
+  assert spec.share_cell_bodies
   # DropPath off: its masks are drawn per device, so they differ by design.
   h = bilevel.SearchHParams(steps_per_epoch=3, w_lr=0.05, alpha_lr=0.01, drop_path=0.0)
   batches = [(batch(spec, 8, 2 * i), batch(spec, 8, 2 * i + 1)) for i in range(3)]
   # One initial state (host copy: each run donates its own device buffers).
   init = jax.device_get(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
   unfused = dataclasses.replace(h, fuse_phases=False)
-  ref, m_ref = run_steps(spec, unfused, "pmap", 1, batches, init)
+  unshared = dataclasses.replace(spec, share_cell_bodies=False)
+  ref, m_ref = run_steps(unshared, unfused, "pmap", 1, batches, init)
   assert int(ref["step"]) == 3
   for mode in ("pmap", "shard_map"):
     out, m = run_steps(spec, h, mode, 4, batches, init)

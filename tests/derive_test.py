@@ -170,6 +170,31 @@ def staged_equals_loop(spec, plan, *, chunk, seed):
   return got["staged"], ev
 
 
+def test_vmapped_scoring_through_shared_normal_cells_equals_the_unshared_loop():
+  """MPDS scores candidates through the scan over a run of normal cells (``share_cell_bodies``,
+  the default), vmapped over the candidates' masks, as the unshared network does one by one."""
+  shared = dataclasses.replace(NET, cells=("normal", "normal", "reduce"))
+  assert shared.share_cell_bodies
+  unshared = dataclasses.replace(shared, share_cell_bodies=False)
+  variables, alphas, batches = random_setup(shared, seed=2)
+  base = derive.host_masks(shared)
+  plan = [
+    ("normal", [derive.without_op(base, "normal", e, k) for e, k in ((0, 1), (1, 2), (2, 1))]),
+    ("normal", [derive.without_edge(base, "normal", e) for e in (0, 1, 2)]),
+    ("reduce", [derive.without_op(base, "reduce", 1, k) for k in (1, 2)]),
+  ]
+  got = {}
+  for name, spec, opts in [
+    ("loop", unshared, derive.DeriveOptions(metric="loss", vmap=False)),
+    ("vmap", shared, derive.DeriveOptions(metric="loss", chunk=3)),
+  ]:
+    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    got[name] = [ev.scores(part, cands) for part, cands in plan]
+  for a, b in zip(got["vmap"], got["loop"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5)
+  assert len({round(float(x), 5) for x in got["vmap"][0]}) > 1  # the masks change the score
+
+
 def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
   """Fusing and FL Stem candidates: the stem stages, the cached other stem and the cells
   give the loop's metrics; the cache is recomputed only when a stem's masks change."""

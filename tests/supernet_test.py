@@ -1,3 +1,6 @@
+import dataclasses
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -11,7 +14,7 @@ from dlsjax import cells, netspec, supernet
 from dlsjax.cells import MixedDAG, OpCall, edge_slot, search_param_name
 from dlsjax.configs import get_config
 from dlsjax.layers import OpContext
-from dlsjax.network import Part
+from dlsjax.network import Network, Part
 from dlsjax.topology import Topology
 
 
@@ -587,3 +590,79 @@ def test_network_stages_compose_to_the_whole_network():
     run(stage="head")
   with pytest.raises(ValueError, match="stem_features"):
     run(stage="cells")
+
+
+@pytest.mark.parametrize(
+  "cells_,runs",
+  [
+    (("normal", "normal", "normal", "reduce", "normal", "normal"), {0: 3, 4: 2}),
+    (("reduce", "normal", "normal", "normal"), {1: 3}),
+  ],
+)
+def test_shared_cell_bodies_keep_values_gradients_and_statistics(cells_, runs):
+  """``share_cell_bodies`` (the default) runs consecutive normal cells as one ``lax.scan``:
+  the same logits, statistics, gradients w.r.t. weights and alphas and eval logits as
+  calling the cells one by one, on the same parameter tree. The first layout has a run of
+  three cells whose first reads the stems' outputs and whose second takes the FL Stem output
+  as ``s0``, and a run of two after a reduction cell; in the second (reduction first, as in
+  DLS-DARTS) the run starts at cell 1, whose ``s0`` is the FL Stem output. Each run traces
+  its DAG once."""
+  ops3 = ("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3")
+  base = tiny_spec(op_set=ops3, cells=cells_, cell_channels=2)
+  assert base.share_cell_bodies
+  v = supernet.init(base, jax.random.PRNGKey(0))
+  alphas = supernet.init_alphas(base, jax.random.PRNGKey(1), scale=0.5)
+  masks = supernet.init_masks(base)
+  images = random_images(base, batch=3, seed=5)
+  specs = {s: dataclasses.replace(base, share_cell_bodies=s) for s in (False, True)}
+  assert jax.tree.structure(supernet.init(specs[False], jax.random.PRNGKey(0))) == (
+    jax.tree.structure(v)
+  )
+
+  def loss(params, a, spec):
+    vv = {"params": params, "batch_stats": v["batch_stats"]}
+    logits, stats = supernet.apply(vv, images, a, masks, spec=spec, train=True)
+    return jnp.sum(jnp.sin(logits)), (logits, stats)
+
+  def run(spec):
+    grad = jax.grad(functools.partial(loss, spec=spec), argnums=(0, 1), has_aux=True)
+    (g, (logits, stats)) = jax.jit(grad)(v["params"], alphas)
+    evaluate = functools.partial(supernet.apply, spec=spec, train=False)
+    ev, _ = jax.jit(evaluate)({"params": v["params"], "batch_stats": stats}, images, alphas, masks)
+    # DropPath's keys reach the shared cells (at drop probability 0 nothing is dropped).
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    drop = functools.partial(supernet.apply, spec=spec, train=True, rngs=rngs, drop_prob=0.0)
+    dropped, _ = jax.jit(drop)(v, images, alphas, masks)
+    return g, logits, stats, ev, dropped
+
+  want, got = run(specs[False]), run(specs[True])
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-4)
+  # The statistics compared above moved away from their initial values in every part of
+  # every cell: also those updated inside the scan body (a later cell's pre0 and pre1).
+  for i in range(len(cells_)):
+    for key in ("pre0", "pre1", "dag"):
+      moved = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)),
+        want[2][f"cell{i}"][key],
+        v["batch_stats"][f"cell{i}"][key],
+      )
+      assert any(jax.tree.leaves(moved)), (i, key)
+
+  def traced(spec):
+    fwd = functools.partial(supernet.apply, spec=spec, train=True)
+    f = lambda a: fwd(v, images, a, masks)[0]
+    return len(_equations(f, alphas)), _scan_lengths(f, alphas)
+
+  (n_shared, scans_shared), (n_cells, scans_cells) = traced(specs[True]), traced(specs[False])
+  assert Network(base)._shared_runs(fl=True) == runs
+  # Unshared: each normal cell traces its DAG (two scans: input sources, inner edges).
+  # Shared: one scan over the cells per run, tracing one DAG.
+  assert len(scans_shared) == len(scans_cells) - 2 * sum(runs.values()) + (1 + 2) * len(runs)
+  assert n_shared < 0.8 * n_cells
+
+
+def test_share_cell_bodies_option():
+  cfg = get_config("darts_cifar")
+  assert netspec.spec_from_config(cfg.model).share_cell_bodies
+  cfg.model.share_cell_bodies = False
+  assert not netspec.spec_from_config(cfg.model).share_cell_bodies

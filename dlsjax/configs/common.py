@@ -53,6 +53,10 @@ def paper_model() -> ml_collections.ConfigDict:
   # How the supernet's DAGs are scanned: auto (CPU: edge) | source | edge.
   # Same values; "edge" evaluates only real edges (netspec.py, RESULTS.md).
   m.dag_schedule = "auto"
+  # Run consecutive normal cells of the supernet as one scan over the cells:
+  # XLA compiles one DAG body per run of normal cells instead of one per cell.
+  # Same values; DropPath draws other masks (netspec.py, RESULTS.md).
+  m.share_cell_bodies = True
   # Only used by layout == "darts".
   m.layers_search = 8
   m.layers_train = 20
