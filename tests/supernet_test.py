@@ -592,6 +592,7 @@ def test_network_stages_compose_to_the_whole_network():
     run(stage="cells")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
   "cells_,runs",
   [
