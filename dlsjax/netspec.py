@@ -108,9 +108,10 @@ class NetworkSpec:
       (``Network._shared_run``), so XLA compiles one DAG body per stretch
       instead of one per cell (the canonical DARTS layout: 5 cell bodies
       instead of 8). Same values, parameters and statistics; DropPath draws
-      its masks from other keys; a few percent more arithmetic (one 1x1
-      preprocessing per stretch whose result is dropped). The derived network
-      is unaffected. Config ``model.share_cell_bodies``.
+      its masks from other keys; a little more arithmetic (per stretch, one
+      1x1 preprocessing past its end whose result is dropped, three for a
+      stretch of three or more cells). The derived network is unaffected.
+      Config ``model.share_cell_bodies``.
   """
 
   modalities: tuple[Modality, ...]

@@ -327,7 +327,8 @@ class Network(nn.Module):
     other shapes) run before the scan. The last step's ``pre1`` (and the
     last two steps' ``pre0``) have no next cell: they run on the parameters
     of cell ``first + 1``'s ``pre1`` and their results and statistics are
-    dropped (one 1x1 convolution per run, a few percent of a cell).
+    dropped (one 1x1 convolution per run, three for a run of three or more
+    cells: a few percent of a cell each).
     """
     spec = self.spec
     mod, w = part("normal", C=C, reduction=False, parent=None)
