@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dlsjax import ops, runtime  # noqa: E402
+from dlsjax import bilevel, ops, runtime  # noqa: E402
 from dlsjax.layers import OpContext  # noqa: E402
 from dlsjax.network import Part  # noqa: E402
 from dlsjax.topology import Topology  # noqa: E402
@@ -77,13 +77,12 @@ def main(argv=None) -> int:
     return jnp.mean(out**2), stats
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
-  if args.mixed:  # forward-over-reverse, as bilevel.mixed_product's default
+  if args.mixed:  # the search step's own mixed product (forward-over-reverse, its default)
     direction = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), v["params"])
-
-    def w_grad(params, w):
-      return jax.grad(lambda ww: loss(params, ww)[0])(w)
-
-    grad = jax.jit(lambda params, w: jax.jvp(lambda p: w_grad(p, w), (params,), (direction,))[1])
+    cell_loss = lambda params, w, *_: loss(params, w)  # mixed_product's loss_fn signature
+    grad = jax.jit(
+      lambda params, w: bilevel.mixed_product(cell_loss, params, w, None, None, None, direction)
+    )
   t = time.perf_counter()
   compiled = grad.lower(v["params"], w).compile()
   compile_s = time.perf_counter() - t

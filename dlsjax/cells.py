@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 
 from dlsjax import ops
-from dlsjax.layers import MAX_POOL_TAP, OpContext, channel_axis, to_layout
+from dlsjax.layers import MAX_POOL_TAP, OpContext, apply_with_stats, channel_axis, to_layout
 from dlsjax.topology import Topology
 
 
@@ -280,10 +280,7 @@ class MixedDAG(nn.Module):
         n_slots = None if per_edge else coef_t.shape[0]
         total, new_s = None, {}
         for k, mod in mods.items():
-
-          def one(p, s, x, mod=mod):
-            y, upd = mod.apply({"params": p, "batch_stats": s}, x, mutable=["batch_stats"])
-            return y, upd.get("batch_stats", {})
+          one = functools.partial(apply_with_stats, mod)
 
           if per_edge:
             # One edge: its own parameters, no vmap (no slot axis to move around).

@@ -125,6 +125,18 @@ class BatchNorm(nn.Module):
     return y
 
 
+def apply_with_stats(module: nn.Module, params, stats, *args, rngs=None):
+  """``(output, new batch_stats)`` of an unbound ``module`` on explicit variables.
+
+  For modules applied inside a ``lax.scan`` or ``vmap`` over stacked
+  variables (the supernet's DAG ops, the shared cell bodies).
+  """
+  y, upd = module.apply(
+    {"params": params, "batch_stats": stats}, *args, mutable=["batch_stats"], rngs=rngs
+  )
+  return y, upd.get("batch_stats", {})
+
+
 def _same_padding(kernel: int, dilation: int) -> int:
   return dilation * (kernel - 1) // 2
 

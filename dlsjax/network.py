@@ -61,14 +61,6 @@ def pre0_module(s0, s1, C: int, ctx: OpContext, **kw) -> nn.Module:
   raise ValueError(f"cell inputs of incompatible resolution {s0.shape} vs {s1.shape}")
 
 
-def _apply_detached(mod, params, stats, *args, rngs=None):
-  """``(output, new batch_stats)`` of an unbound module on explicit variables."""
-  y, upd = mod.apply(
-    {"params": params, "batch_stats": stats}, *args, mutable=["batch_stats"], rngs=rngs
-  )
-  return y, upd.get("batch_stats", {})
-
-
 def _stack(trees):
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
@@ -265,7 +257,7 @@ class Network(nn.Module):
     i = 0
     while i < len(spec.cells):
       kind = spec.cells[i]
-      if fl is not None and 0 < i < spec.fl_stem_cells:
+      if self._takes_fl(i, fl):
         s0 = fl
       if i in runs:
         s0, s1 = self._shared_run(i, runs[i], s0, s1, fl, C, part, drop_prob)
@@ -290,6 +282,11 @@ class Network(nn.Module):
     pooled = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(spec.num_classes, name="head")(pooled)
 
+  def _takes_fl(self, i: int, fl) -> bool:
+    """Whether cell ``i``'s ``s0`` is the FL Stem output ``fl`` (cells 1 .. fl_stem_cells - 1;
+    cell 0 starts with it anyway)."""
+    return fl is not None and 0 < i < self.spec.fl_stem_cells
+
   def _shared_runs(self, fl) -> dict[int, int]:
     """``{first cell: length}`` of the runs of consecutive normal cells that share one DAG body.
 
@@ -306,7 +303,7 @@ class Network(nn.Module):
         continue
       j = i + 1
       while j < len(cells) and cells[j] == "normal":
-        if j >= i + 2 and fl is not None and j < spec.fl_stem_cells:
+        if j >= i + 2 and self._takes_fl(j, fl):
           break
         j += 1
       if j - i >= 2:
@@ -344,14 +341,14 @@ class Network(nn.Module):
       if key in S[t]:
         new_S[t][key] = value
 
-    p0, st = _apply_detached(
+    p0, st = layers.apply_with_stats(
       pre0_module(s0, s1, C, ctx, parent=None), P[0]["pre0"], S[0].get("pre0", {}), s0
     )
     keep(0, "pre0", st)
-    p1, st = _apply_detached(rcb, P[0]["pre1"], S[0].get("pre1", {}), s1)
+    p1, st = layers.apply_with_stats(rcb, P[0]["pre1"], S[0].get("pre1", {}), s1)
     keep(0, "pre1", st)
-    s0_next = fl if fl is not None and 0 < first + 1 < spec.fl_stem_cells else s1
-    p0_next, st = _apply_detached(
+    s0_next = fl if self._takes_fl(first + 1, fl) else s1
+    p0_next, st = layers.apply_with_stats(
       pre0_module(s0_next, s1, C, ctx, parent=None), P[1]["pre0"], S[1].get("pre0", {}), s0_next
     )
     keep(1, "pre0", st)
@@ -374,12 +371,12 @@ class Network(nn.Module):
       p0, p1, p0_next = carry
       dag_p, dag_s, (q1_p, q1_s), q0, key = xs
       rngs = None if key is None else {"dropout": key}
-      nodes, dag_s = _apply_detached(dag, dag_p, dag_s, [p0, p1], w, drop_prob, rngs=rngs)
+      nodes, dag_s = layers.apply_with_stats(dag, dag_p, dag_s, [p0, p1], w, drop_prob, rngs=rngs)
       out = jnp.concatenate(nodes, axis=-1)
-      p1_next, q1_s = _apply_detached(rcb, q1_p, q1_s, out)
+      p1_next, q1_s = layers.apply_with_stats(rcb, q1_p, q1_s, out)
       p0_after, q0_s = p0_next, None
       if q0 is not None:
-        p0_after, q0_s = _apply_detached(rcb, q0[0], q0[1], out)
+        p0_after, q0_s = layers.apply_with_stats(rcb, q0[0], q0[1], out)
       return (p0_next, p1_next, p0_after), (out, dag_s, q1_s, q0_s)
 
     unroll = m if spec.scan_unroll else 1
