@@ -42,6 +42,11 @@ class SearchHParams:
   alpha_weight_decay: float = 1e-3
   alpha_b1: float = 0.5
   alpha_b2: float = 0.999
+  # Epochs of weight steps before the alphas move (0: the paper, from the
+  # first step). DARTS-family methods warm up the weights first (PC-DARTS: 15
+  # of 50 epochs) so that the alphas are not driven by barely trained
+  # convolutions, which favour parameter-free ops.
+  alpha_warmup_epochs: int = 0
   focal_gamma: float = 2.0
   focal_alpha: float = 1.0
   drop_path: float = 0.2
@@ -93,11 +98,19 @@ def weight_optimizer(h: SearchHParams) -> optax.GradientTransformation:
 
 
 def alpha_optimizer(h: SearchHParams) -> optax.GradientTransformation:
-  """Adam with L2 weight decay added to the gradient (PyTorch ``Adam(weight_decay=)``)."""
-  return optax.chain(
+  """Adam with L2 weight decay added to the gradient (PyTorch ``Adam(weight_decay=)``).
+
+  With ``alpha_warmup_epochs`` the update is zero (and Adam's state untouched)
+  for the first ``alpha_warmup_epochs * steps_per_epoch`` steps.
+  """
+  adam = optax.chain(
     optax.add_decayed_weights(h.alpha_weight_decay),
     optax.adam(h.alpha_lr, b1=h.alpha_b1, b2=h.alpha_b2, eps=1e-8),
   )
+  if not h.alpha_warmup_epochs:
+    return adam
+  warmup = h.alpha_warmup_epochs * h.steps_per_epoch
+  return optax.transforms.conditionally_mask(adam, lambda step: step >= warmup)
 
 
 def momentum_buffer(opt_w) -> dict:

@@ -38,14 +38,17 @@ def run(workdir, config, *, data_folder=None, progress: bool = True) -> pathlib.
     seconds[name] = round(time.perf_counter() - t0, 1)
     (w / "stage_seconds.json").write_text(json.dumps(seconds, indent=2))
 
-  sy = config.synth
-  stage(
-    "synthesise",
-    lambda: synth.synthesize(
-      raw, specimens=sy.specimens, patients=sy.patients, size=sy.size, seed=sy.seed
-    ),
-    data_folder is not None or (raw / "manifest.csv").is_file(),
-  )
+  if data_folder is None:
+    if "synth" not in config:
+      raise ValueError("this config has no synthetic dataset (config.synth): pass --data-folder")
+    sy = config.synth
+    stage(
+      "synthesise",
+      lambda: synth.synthesize(
+        raw, specimens=sy.specimens, patients=sy.patients, size=sy.size, seed=sy.seed
+      ),
+      (raw / "manifest.csv").is_file(),
+    )
   opts = builder.BuildOptions.from_config(config.data, config.model.resolution)
   stage("build", lambda: builder.build(raw, built, opts), (built / builder.METADATA).is_file())
   stage(
@@ -58,11 +61,12 @@ def run(workdir, config, *, data_folder=None, progress: bool = True) -> pathlib.
     lambda: derive.derive(s_dir, data_dir=built, progress=progress),
     (s_dir / "derivation_log.json").is_file(),
   )
+  runs = int(config.get("runs", 1))  # training seeds (config.seed + i)
   stage(
     "train",
-    lambda: train.train(config, s_dir / "genotype.json", built, t_dir, resume=True,
+    lambda: train.train(config, s_dir / "genotype.json", built, t_dir, runs=runs, resume=True,
                         progress=progress),
-    _trained(t_dir, int(config.train.epochs)),
+    all(_trained(t_dir / f"run{i}", int(config.train.epochs)) for i in range(runs)),
   )  # fmt: skip
   ev = config.evaluate
   result = {}
@@ -103,10 +107,10 @@ def _load_times(w: pathlib.Path) -> dict:
   return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def _trained(t_dir: pathlib.Path, epochs: int) -> bool:
+def _trained(run_dir: pathlib.Path, epochs: int) -> bool:
   from dlsjax import checkpoint
 
-  c = t_dir / "run0" / "checkpoints"
+  c = run_dir / "checkpoints"
   if not c.is_dir():
     return False
   ck = checkpoint.Checkpoints(c)
@@ -158,15 +162,19 @@ def predict_latency(t_dir: pathlib.Path, raw: pathlib.Path, ds, n: int = 5) -> d
 
 
 def reductions(config) -> list[tuple[str, str, str]]:
-  """(setting, paper, this config) for every value the config changed from the paper presets."""
+  """(setting, paper, this config) for every value the config changed from the paper presets.
+
+  The fields taken from the dataset (``data/fit.py``) are not reductions and are left out.
+  """
   from dlsjax.configs import get_config
+  from dlsjax.data.fit import FROM_DATA
 
   rows = []
   for section, preset in (("model", "paper"), ("search", "paper"), ("derive", "paper"),
                           ("train", "paper_train")):  # fmt: skip
     ref = get_config(preset)[section].to_dict()
     for k, v in config[section].to_dict().items():
-      if k in ref and ref[k] != v:
+      if k in ref and ref[k] != v and f"{section}.{k}" not in FROM_DATA:
         rows.append((f"{section}.{k}", str(ref[k]), str(v)))
   return rows
 

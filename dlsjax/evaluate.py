@@ -28,7 +28,7 @@ from dlsjax import describe, metrics, plots, supernet, train
 def predict_split(trained: train.Trained, data_dir, split: str, batch_size: int = 64):
   """``(labels [N], probs [runs, N, K], specimen_ids)`` of every example of ``split``."""
   from dlsjax.data import dataset, pipeline
-  from dlsjax.search import check_data_matches_model
+  from dlsjax.data.fit import check_data_matches_model
 
   ds = dataset.load(data_dir)
   check_data_matches_model(ds, trained.spec)
@@ -72,18 +72,12 @@ def summarise(labels, probs_runs, *, trials: int = 1000, seed: int = 0) -> dict:
   pooled_probs = np.concatenate(list(probs_runs))
   pooled = metrics.classification_metrics(pooled_labels, pooled_probs)
   pooled["ci"] = metrics.bootstrap_ci(pooled_labels, pooled_probs, trials=trials, seed=seed)
-  accs = np.array([m["acc"] for m in per_run])
-  aucs = np.array([m["auc_micro"] for m in per_run])
-  return {
-    "runs": per_run,
-    "mean": {
-      "acc": float(accs.mean()),
-      "acc_std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-      "auc_micro": float(aucs.mean()),
-      "auc_micro_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
-    },
-    "pooled": pooled,
-  }
+  mean = {}
+  for key in ("acc", *metrics.auc_keys(np.shape(probs_runs)[-1])):
+    values = np.array([m[key] for m in per_run])
+    mean[key] = float(values.mean())
+    mean[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+  return {"runs": per_run, "mean": mean, "pooled": pooled}
 
 
 def model_facts(trained: train.Trained, *, batch: int = 128, batches: int = 10) -> dict:
@@ -162,20 +156,30 @@ def _write_predictions(path, ids, labels, probs, classes) -> None:
 
 
 def format_table(result: dict) -> str:
-  """A Markdown table of the paper's Table I columns."""
+  """A Markdown table of the paper's Table I columns (plus MedMNIST's binary AUC for 2 classes)."""
   m, pooled, model = result["mean"], result["pooled"], result["model"]
   n = len(result["runs"])
-  ci_acc, ci_auc = pooled["ci"]["acc"], pooled["ci"]["auc_micro"]
   tput = model["throughput_img_s"]
-  acc = f"{m['acc']:.4f}" + (f" ± {m['acc_std']:.4f}" if n > 1 else "")
-  auc = f"{m['auc_micro']:.4f}" + (f" ± {m['auc_micro_std']:.4f}" if n > 1 else "")
+  keys = ["acc", *(k for k in ("auc_micro", "auc_binary") if k in m)]
+  names = {"acc": "ACC", "auc_micro": "AUC (micro)", "auc_binary": "AUC (binary, MedMNIST)"}
+
+  def cell(key):
+    lo, hi = pooled["ci"][key]
+    return (
+      f"{m[key]:.4f}" + (f" ± {m[key + '_std']:.4f}" if n > 1 else "") + f" [{lo:.4f}, {hi:.4f}]"
+    )
+
   return "\n".join(
     [
-      "| Params (M) | FLOPs (G) | Throughput (img/s) | ACC | AUC (micro) |",
-      "| --- | --- | --- | --- | --- |",
+      "| Params (M) | FLOPs (G) | Throughput (img/s) | "
+      + " | ".join(names[k] for k in keys)
+      + " |",
+      "| --- | --- | --- | " + " | ".join("---" for _ in keys) + " |",
       f"| {model['params_m']:.3g} | {model['flops_g']:.3g} | "
       + (f"{tput:.1f}" if tput else "–")
-      + f" | {acc} [{ci_acc[0]:.4f}, {ci_acc[1]:.4f}] | {auc} [{ci_auc[0]:.4f}, {ci_auc[1]:.4f}] |",
+      + " | "
+      + " | ".join(cell(k) for k in keys)
+      + " |",
       "",
       f"{result['split']} split, {pooled['n'] // n} specimens, {n} run(s); 95% CIs from "
       f"{pooled['ci']['trials']} bootstrap resamples of the pooled predictions; throughput at "

@@ -350,7 +350,7 @@ def run_row(row: Row, base, ds, w: pathlib.Path, *, runs: int, progress: bool) -
     "genotype": source,
     "cells": len(spec.cells) if models.needs_genotype(row.arch) else None,
     "mean": result["mean"],
-    "pooled_ci": {k: result["pooled"]["ci"][k] for k in ("acc", "auc_micro")},
+    "pooled_ci": {k: v for k, v in result["pooled"]["ci"].items() if k in result["mean"]},
     "model": result["model"],
     "seconds": round(time.perf_counter() - t0, 1),  # training + evaluation of this row
     "search_seconds": search_seconds(s_dir) if s_dir is not None else {},
@@ -430,6 +430,10 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
   }
   heads += [names[c] for c in table.model_columns]
   heads += ["ACC", "Δ ACC", "AUC", "Δ AUC"] if table.deltas else ["ACC", "AUC"]
+  # Two classes: MedMNIST's binary AUC beside the paper's micro-average.
+  binary = any(r["status"] == "done" and "auc_binary" in r["mean"] for r in results)
+  if binary:
+    heads += ["AUC (binary)"]
   ref = results[0] if results and results[0]["status"] == "done" else None
   md = [f"# {table.title}", "", "| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
   csv_rows = []
@@ -460,6 +464,12 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
       cells += [acc, d_acc, auc, d_auc]
     else:
       cells += [acc, auc]
+    if binary:
+      cells.append(
+        _cell(m["auc_binary"], m["auc_binary_std"], ci["auc_binary"], r["runs"])
+        if "auc_binary" in m
+        else "–"
+      )
     md.append("| " + " | ".join(cells) + " |")
     rec.update(
       arch=r["arch"], runs=r["runs"], cells=r["cells"], params_m=model["params_m"],
@@ -470,6 +480,11 @@ def write_table(table: Table, results, base, w, *, budget, runs, data_dir) -> li
       auc_hi=ci["auc_micro"][1], dir=r["dir"], genotype=r["genotype"], seconds=r["seconds"],
       search_and_derive_seconds=sum(r.get("search_seconds", {}).values()),
     )  # fmt: skip
+    if "auc_binary" in m:
+      rec.update(
+        auc_binary=m["auc_binary"], auc_binary_std=m["auc_binary_std"],
+        auc_binary_lo=ci["auc_binary"][0], auc_binary_hi=ci["auc_binary"][1],
+      )  # fmt: skip
     csv_rows.append(rec)
   trials = base.evaluate.bootstrap
   md += [

@@ -118,7 +118,10 @@ def cmd_data(args) -> int:
       print(f"wrote {args.specimens} specimens of {args.patients} patients to {args.out}")
     elif args.data_command == "from-npz":
       classes = args.classes.split(",") if args.classes else None
-      d = npz.from_npz(args.npz, args.out, modality=args.modality, classes=classes, name=args.name)
+      d = npz.from_npz(
+        args.npz, args.out, modality=args.modality, classes=classes, name=args.name,
+        val_fraction=args.val_fraction, val_seed=args.val_seed,
+      )  # fmt: skip
       print(f"wrote {args.out}: {d['name']}, modality {args.modality}, classes {d['classes']}")
     elif args.data_command == "build":
       cfg = load_config(args.config, args.set)
@@ -343,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--modality", default="image", help="modality name (default image)")
   p.add_argument("--classes", help="comma-separated class names in label order")
   p.add_argument("--name", help="dataset name (default: the npz file name)")
+  p.add_argument(
+    "--val-fraction", type=float, default=0.1,
+    help="without val_* arrays: this share of each class of train becomes val (default 0.1)",
+  )  # fmt: skip
+  p.add_argument("--val-seed", type=int, default=0, help="seed of that val split")
   p = dsub.add_parser("build", help="validate a dataset folder and build the TFDS dataset")
   p.add_argument("--manual-dir", required=True, help="the dataset folder (dataset.json, ...)")
   p.add_argument("--data-dir", required=True, help="where to write the built dataset")
@@ -430,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="synthesise -> build -> search -> derive -> train -> evaluate")
   p.add_argument("--workdir", default="runs/demo")
-  p.add_argument("--config", default="demo", help="demo | demo:tiny | breastmnist")
+  p.add_argument("--config", default="demo", help="demo | demo:tiny | medmnist | medmnist:full")
   p.add_argument("--data-folder", help="a dataset folder to use instead of the synthetic set")
   _add_set(p)
   p.set_defaults(func=cmd_demo)

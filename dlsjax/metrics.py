@@ -4,6 +4,12 @@
 average="micro")``: every (example, class) pair is one binary decision, and
 the AUC of the pooled scores is the Mann-Whitney statistic with tied scores
 counted one half (the trapezoidal area under the ROC curve).
+
+For two classes MedMNIST (and most of the medical literature) reports the
+ordinary binary AUC of the positive class's score instead, scikit-learn's
+``roc_auc_score(labels, probs[:, 1])``: ``auc_binary`` here, with class 1 the
+positive class. It is not comparable to the micro-average, which pools both
+one-hot columns.
 """
 
 from __future__ import annotations
@@ -63,47 +69,61 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
   return m
 
 
+def auc_keys(num_classes: int) -> tuple[str, ...]:
+  """The AUCs reported for ``num_classes``: micro always, binary (MedMNIST's) for two classes."""
+  return ("auc_micro", "auc_binary") if num_classes == 2 else ("auc_micro",)
+
+
 def classification_metrics(labels, probs) -> dict:
-  """ACC, micro-averaged AUC, one-vs-rest AUC per class and the confusion matrix."""
+  """ACC, micro-averaged AUC, one-vs-rest AUC per class and the confusion matrix.
+
+  With two classes also ``auc_binary``: the AUC of ``probs[:, 1]`` for label 1.
+  """
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
   k = probs.shape[1]
   one_hot = np.eye(k)[labels]
   pred = probs.argmax(1)
-  return {
+  out = {
     "acc": float((pred == labels).mean()),
     "auc_micro": roc_auc_micro(one_hot, probs),
-    "auc_per_class": [roc_auc_binary(one_hot[:, c], probs[:, c]) for c in range(k)],
-    "confusion": confusion_matrix(labels, pred, k).tolist(),
-    "n": int(len(labels)),
   }
+  if k == 2:
+    out["auc_binary"] = roc_auc_binary(labels == 1, probs[:, 1])
+  out.update(
+    auc_per_class=[roc_auc_binary(one_hot[:, c], probs[:, c]) for c in range(k)],
+    confusion=confusion_matrix(labels, pred, k).tolist(),
+    n=int(len(labels)),
+  )
+  return out
 
 
 def bootstrap_ci(
   labels, probs, *, trials: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, list[float]]:
-  """Percentile bootstrap CIs of ACC and micro-AUC: ``trials`` resamples with replacement.
+  """Percentile bootstrap CIs of ACC and the AUCs of ``auc_keys``: ``trials`` resamples.
 
-  Deterministic for a seed. Resamples where the AUC is undefined (one class
-  only) are left out of the AUC interval.
+  Resamples with replacement; deterministic for a seed. Resamples where an AUC
+  is undefined (one class only) are left out of that AUC's interval.
   """
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
   k = probs.shape[1]
   one_hot = np.eye(k)[labels]
   correct = probs.argmax(1) == labels
+  keys = auc_keys(k)
   rng = np.random.default_rng(seed)
-  acc, auc = np.empty(trials), np.empty(trials)
+  acc, auc = np.empty(trials), {key: np.empty(trials) for key in keys}
   for t in range(trials):
     idx = rng.integers(0, len(labels), len(labels))
     acc[t] = correct[idx].mean()
-    auc[t] = roc_auc_micro(one_hot[idx], probs[idx])
+    auc["auc_micro"][t] = roc_auc_micro(one_hot[idx], probs[idx])
+    if "auc_binary" in auc:
+      auc["auc_binary"][t] = roc_auc_binary(labels[idx] == 1, probs[idx, 1])
   q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-  auc = auc[np.isfinite(auc)]
-  return {
-    "acc": [float(x) for x in np.percentile(acc, q)],
-    "auc_micro": [float(x) for x in np.percentile(auc, q)] if len(auc) else [np.nan, np.nan],
-    "trials": trials,
-    "seed": seed,
-  }
+  out = {"acc": [float(x) for x in np.percentile(acc, q)]}
+  for key, values in auc.items():
+    values = values[np.isfinite(values)]
+    out[key] = [float(x) for x in np.percentile(values, q)] if len(values) else [np.nan, np.nan]
+  return {**out, "trials": trials, "seed": seed}
 
 
 def roc_band(labels, probs, *, trials: int = 1000, seed: int = 0, grid: int = 101) -> dict:

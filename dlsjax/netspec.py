@@ -288,6 +288,12 @@ def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
   and ``k_search``; ``train`` uses ``c_sin_train`` and ``k_train``.
   """
   m = model_cfg
+  for field in ("modalities", "num_classes", "resolution"):
+    if m.get(field) is None:
+      raise ValueError(
+        f"model.{field} is None (take it from the dataset): fit the config to a built dataset "
+        "first (dlsjax.data.fit.fit_config), or set it"
+      )
   if phase not in ("search", "train"):
     raise ValueError(f"phase must be 'search' or 'train', got {phase!r}")
   c_sin = m.c_sin_search if phase == "search" else m.c_sin_train

@@ -25,7 +25,7 @@ import numpy as np
 
 from dlsjax import bilevel, checkpoint, genotype, netspec, plots, sharding, tblog
 from dlsjax.data import dataset, pipeline
-from dlsjax.data.folder import DataError
+from dlsjax.data.fit import fit_config
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +34,6 @@ METRIC_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 class SearchError(RuntimeError):
   """A search that cannot start or continue (the message says why and what to do)."""
-
-
-def check_data_matches_model(ds: dataset.Dataset, spec: netspec.NetworkSpec) -> None:
-  """The dataset's modalities, channels, classes and resolution fit the model config."""
-  want = {m.name: m.channels for m in spec.modalities}
-  have = {m.name: ds.opts.channels_of(m) for m in ds.desc.modalities}
-  missing = [m for m in want if m not in have]
-  if missing:
-    raise DataError(
-      f"{ds.data_dir}: model.modalities needs {missing}, the dataset has {sorted(have)} "
-      "(set model.modalities to the dataset's)"
-    )
-  for name, c in want.items():
-    if have[name] != c:
-      raise DataError(
-        f"{ds.data_dir}: modality {name} has {have[name]} channels after preprocessing, "
-        f"model.modalities says {c}"
-      )
-  if len(ds.desc.classes) != spec.num_classes:
-    raise DataError(
-      f"{ds.data_dir}: {len(ds.desc.classes)} classes {list(ds.desc.classes)}, "
-      f"model.num_classes is {spec.num_classes}"
-    )
-  ds.check_resolution(spec.resolution)
 
 
 def search(
@@ -78,8 +54,8 @@ def search(
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   ds = dataset.load(data_dir)
+  config = fit_config(config, ds)
   spec = netspec.spec_from_config(config.model, phase="search")
-  check_data_matches_model(ds, spec)
   seed = int(config.seed)
   sc = config.search
 

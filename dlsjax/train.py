@@ -80,6 +80,10 @@ class TrainHParams:
   drop_path_max: float = 0.2
   aux_head: bool = False
   aux_weight: float = 0.4
+  # Per-class weights of the focal loss: "none" (paper) or "balanced"
+  # (n / (K * n_k) from the training split's class counts, scikit-learn's rule).
+  class_weight: str = "none"
+  class_weights: tuple[float, ...] = ()  # filled from the data when class_weight is balanced
 
   @classmethod
   def from_config(cls, train_cfg, steps_per_epoch: int) -> TrainHParams:
@@ -135,6 +139,8 @@ def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = 
     if axis_name:  # each device draws its own DropPath masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     drop = h.drop_prob(state["step"])
+    # A soft (CutMix) target weighs each class's weight by its share.
+    weights = batch["target"] @ jnp.asarray(h.class_weights) if h.class_weights else None
 
     def loss_fn(params):
       logits, stats, aux = derived_net.apply(
@@ -145,7 +151,7 @@ def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = 
         rngs={"dropout": rng},
         drop_prob=drop,
       )
-      focal = dict(gamma=h.focal_gamma, alpha=h.focal_alpha)
+      focal = dict(gamma=h.focal_gamma, alpha=h.focal_alpha, weights_B=weights)
       loss = losses.focal_loss(logits, batch["target"], **focal)
       if aux is not None:
         loss = loss + h.aux_weight * losses.focal_loss(aux, batch["target"], **focal)
@@ -180,6 +186,44 @@ def make_predict_fn(model: Network):
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return predict
+
+
+SELECT = ("last", "val_auc", "val_loss")
+
+
+def class_weights(counts, how: str) -> tuple[float, ...]:
+  """Focal-loss weight per class: ``()`` for "none", ``n / (K n_k)`` for "balanced"."""
+  if how == "none":
+    return ()
+  if how != "balanced":
+    raise TrainError(f"train.class_weight must be 'none' or 'balanced', got {how!r}")
+  counts = np.asarray(counts, np.float64)
+  if np.any(counts == 0):
+    raise TrainError(f"train.class_weight=balanced: a class has no training example ({counts})")
+  return tuple(float(x) for x in counts.sum() / (len(counts) * counts))
+
+
+def val_score(labels, probs) -> dict:
+  """Validation metrics of one epoch: loss (cross-entropy), acc, auc (binary for 2 classes)."""
+  from dlsjax import metrics
+
+  probs = np.asarray(probs, np.float64)
+  m = metrics.classification_metrics(labels, probs)
+  nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean()
+  return {
+    "val_loss": float(nll),
+    "val_acc": m["acc"],
+    "val_auc": m.get("auc_binary", m["auc_micro"]),
+  }
+
+
+def is_better(select: str, score: dict, best: dict | None) -> bool:
+  """Whether this epoch's val ``score`` beats ``best``; ties keep the earlier epoch."""
+  if best is None:
+    return True
+  if select == "val_auc":  # AUC first; equal AUC: lower loss
+    return (score["val_auc"], -score["val_loss"]) > (best["val_auc"], -best["val_loss"])
+  return score["val_loss"] < best["val_loss"]
 
 
 # ----------------------------------------------------------------------------- the job
@@ -226,10 +270,12 @@ def train(
 
   ``stop_after`` ends the call after that many steps (tests; resume later).
   """
-  from dlsjax.search import check_data_matches_model
+  from dlsjax.data.fit import fit_config
 
   sharding.maybe_initialize_distributed(config.train.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
+  ds = dataset.load(data_dir)
+  config = fit_config(config, ds)
   spec = train_spec(config)
   name = models.arch(config)
   geno, choice = None, None
@@ -237,8 +283,6 @@ def train(
     geno, choice = load_choice(genotype_path, spec)
   elif genotype_path is not None:
     raise TrainError(f"model {name!r} is not searched: drop --genotype")
-  ds = dataset.load(data_dir)
-  check_data_matches_model(ds, spec)
   if runs < 1:
     raise TrainError(f"--runs must be >= 1, got {runs}")
   workdir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +326,16 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
       f"{host_batch} (lower train.batch_size)"
     )
   h = TrainHParams.from_config(tc, steps_per_epoch)
+  counts = [ds.class_counts["train"][c] for c in ds.desc.classes]
+  h = dataclasses.replace(h, class_weights=class_weights(counts, h.class_weight))
+  select = tc.get("select", "last")
+  if select not in SELECT:
+    raise TrainError(f"train.select must be one of {SELECT}, got {select!r}")
+  if select != "last" and "val" not in ds.splits:
+    raise TrainError(
+      f"train.select={select} needs a val split; {ds.data_dir} has {list(ds.splits)} (give the "
+      "manifest a val split, or set train.select=last)"
+    )
   aug = pipeline.Augment.from_config(tc)
   model = make_model(config, spec, choice, h)
   runner = sharding.Runner(
@@ -293,12 +347,15 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
     raise TrainError(f"batch {host_batch} per host does not split over {runner.n} devices")
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
+  best_ckpt = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1) if select != "last" else None
+  validate = _validator(model_for_eval(config, spec, choice, h), ds) if best_ckpt else None
   try:
     # Not loaded when a checkpoint exists: resume() replaces the initial state anyway.
     pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
     model0 = make_model(config, spec, choice, h, axis=None)
     state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
     state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
+    best = ckpt.meta().get("best") if ckpt.latest_step() is not None else None
     if (epoch, start) != (0, 0):
       if epoch >= h.epochs:
         log.info("%s: finished (%d epochs), kept", run_dir, epoch)
@@ -312,7 +369,7 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
 
     def save(epoch_, batch_, sums_):
       host = runner.unreplicate(dstate)
-      meta = {"epoch": epoch_, "batch": batch_, "sums": sums_, "seed": seed}
+      meta = {"epoch": epoch_, "batch": batch_, "sums": sums_, "seed": seed, "best": best}
       ckpt.save(int(host["step"]), host, meta)
 
     every = int(tc.get("checkpoint_every_steps", 0) or 0)
@@ -355,12 +412,22 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
         "drop_prob": m["drop_prob"],
         "seconds": time.perf_counter() - t0,
       }
+      if validate is not None:  # model selection on the val split (never the test split)
+        host = runner.unreplicate(dstate)
+        score = validate({"params": host["params"], "batch_stats": host["batch_stats"]})
+        record.update(score)
+        if is_better(select, score, best):
+          best = {"epoch": epoch + 1, **score}
+          variables = {"params": host["params"], "batch_stats": host["batch_stats"]}
+          best_ckpt.save(epoch + 1, variables, best)
+        record["best_epoch"] = best["epoch"]
       if proc == 0:
         with (run_dir / "metrics.jsonl").open("a") as f:
           f.write(json.dumps(record) + "\n")
         if writer is not None:
-          for k in (*METRIC_KEYS, "lr", "drop_prob"):
-            writer.add_scalar(f"train/{k}", record[k], epoch + 1)
+          for k in (*METRIC_KEYS, "lr", "drop_prob", "val_loss", "val_acc", "val_auc"):
+            if k in record:
+              writer.add_scalar(f"train/{k}", record[k], epoch + 1)
           writer.flush()
       epoch, start, sums = epoch + 1, 0, dict.fromkeys(METRIC_KEYS, 0.0)
       save(epoch, 0, sums)
@@ -368,6 +435,30 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
         return
   finally:
     ckpt.close()
+    if best_ckpt is not None:
+      best_ckpt.close()
+
+
+def model_for_eval(config, spec, choice, h: TrainHParams):
+  """The model without a BN axis (plain single-device inference)."""
+  return make_model(config, spec, choice, h, axis=None)
+
+
+def _validator(model: Network, ds, batch_size: int = 128):
+  """``validate(variables) -> val_score(...)`` on the whole val split (eval mode)."""
+  src = ds.source("val")
+  predict = jax.jit(make_predict_fn(model))
+  batches = pipeline.eval_batches(ds, src, batch_size=min(batch_size, len(src)))
+
+  def validate(variables):
+    labels, probs = [], []
+    for b in batches:
+      keep = b["mask"]
+      labels.append(b["label"][keep])
+      probs.append(np.asarray(predict(variables, b["images"]))[keep])
+    return val_score(np.concatenate(labels), np.concatenate(probs))
+
+  return validate
 
 
 # ----------------------------------------------------------------------------- loading
@@ -416,6 +507,7 @@ def load(workdir, *, require_finished: bool = True) -> Trained:
   h = TrainHParams.from_config(config.train, 1)
   model = make_model(config, spec, choice, h, axis=None)
   template = jax.eval_shape(lambda: init_state(model, h, jax.random.PRNGKey(0)))
+  select = config.train.get("select", "last")
   variables, dirs = [], []
   numbered = [p for p in workdir.glob("run*") if p.name[3:].isdigit()]
   for run_dir in sorted(numbered, key=lambda p: int(p.name[3:])):
@@ -431,7 +523,15 @@ def load(workdir, *, require_finished: bool = True) -> Trained:
         f"{run_dir}: training not finished (epoch {meta['epoch']} of {config.train.epochs}); "
         "continue it with `dlsjax train ... --resume`"
       )
-    variables.append({"params": state["params"], "batch_stats": state["batch_stats"]})
+    v = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    if select != "last" and (run_dir / "best").is_dir():  # the epoch chosen on the val split
+      best = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1)
+      try:
+        if best.latest_step() is not None:
+          v, _ = best.restore(v)
+      finally:
+        best.close()
+    variables.append(v)
     dirs.append(run_dir)
   if not variables:
     raise TrainError(f"{workdir}: no trained run (no run*/checkpoints); run `dlsjax train`")

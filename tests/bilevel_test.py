@@ -234,3 +234,27 @@ def test_layout_splits_batches_and_copies_state_back(mode):
   assert back["step"] == 5 and isinstance(back["w"], np.ndarray)
   with pytest.raises(ValueError, match="global batch of 6 does not split over 4 devices"):
     lay.shard_batch({"label": np.arange(6)})
+
+
+def test_alpha_warmup_holds_the_alphas_then_releases_them():
+  h = bilevel.SearchHParams(steps_per_epoch=2, alpha_warmup_epochs=1, alpha_lr=0.1)
+  tx = bilevel.alpha_optimizer(h)
+  alphas = {"normal": jnp.zeros((3, 4))}
+  grads = {"normal": jnp.arange(12.0).reshape(3, 4) - 5.0}
+  state = tx.init(alphas)
+  moved = []
+  for _ in range(4):
+    upd, state = tx.update(grads, state, alphas)
+    alphas = optax.apply_updates(alphas, upd)
+    moved.append(bool(jnp.any(upd["normal"] != 0)))
+  assert moved == [False, False, True, True]
+  # After the warm-up the first real step is Adam's first step (state untouched before):
+  fresh = bilevel.alpha_optimizer(dataclasses.replace(h, alpha_warmup_epochs=0))
+  upd0, _ = fresh.update(
+    grads, fresh.init({"normal": jnp.zeros((3, 4))}), {"normal": jnp.zeros((3, 4))}
+  )
+  tx2 = bilevel.alpha_optimizer(h)
+  s2 = tx2.init({"normal": jnp.zeros((3, 4))})
+  for _ in range(3):
+    upd, s2 = tx2.update(grads, s2, {"normal": jnp.zeros((3, 4))})
+  np.testing.assert_allclose(upd["normal"], upd0["normal"], rtol=1e-6)

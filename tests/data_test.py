@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import pathlib
 import shutil
 
@@ -167,7 +168,7 @@ def test_from_npz_real_breastmnist_subset(tmp_path):
   want = (img - img.min()) / (img.max() - img.min())
   np.testing.assert_allclose(ex["images"]["US"][..., 0], want, atol=1e-6)
   assert int(ex["label"]) == int(raw["val_labels"][int(sid[3:])])
-  with pytest.raises(folder.DataError, match="no '<split>_images'"):
+  with pytest.raises(folder.DataError, match=r"needs 'train_images'.*\['x'\]"):
     np.savez(tmp_path / "bad.npz", x=np.zeros(3))
     npz.from_npz(tmp_path / "bad.npz", tmp_path / "bad")
 
@@ -271,3 +272,72 @@ def test_existing_output_and_not_a_dataset(synth_folder, tmp_path):
   assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
   with pytest.raises(folder.DataError, match="not a built dlsjax dataset"):
     dataset.load(tmp_path / "out")
+
+
+def _npz(path, **arrays):
+  np.savez(path, **arrays)
+  return path
+
+
+@pytest.mark.parametrize(
+  "shape,dtype,labels_2d",
+  [((28, 28), np.uint8, True), ((28, 28, 1), np.float32, False), ((28, 28, 3), np.float64, True)],
+)
+def test_from_npz_label_shapes_dtypes_and_channels(tmp_path, shape, dtype, labels_2d):
+  rng = np.random.default_rng(0)
+  raw = rng.integers(0, 256, (12, *shape)).astype(np.uint8)
+  images = raw if dtype == np.uint8 else (raw / 255.0).astype(dtype)  # floats in [0, 1]
+  labels = np.arange(12) % 3
+  lab = labels[:, None] if labels_2d else labels
+  path = _npz(tmp_path / "x.npz", train_images=images, train_labels=lab,
+              val_images=images[:6], val_labels=lab[:6])  # fmt: skip
+  desc = npz.from_npz(path, tmp_path / "out", modality="M")
+  assert desc["modalities"][0]["channels"] == (3 if shape[-1:] == (3,) else 1)
+  assert desc["classes"] == ["0", "1", "2"]
+  back = np.asarray(Image.open(tmp_path / "out" / "train00004" / "M.png"))
+  np.testing.assert_array_equal(back, raw[4].squeeze())  # float [0, 1] -> the same uint8
+  rows = (tmp_path / "out" / "manifest.csv").read_text().splitlines()[1:]
+  assert [r.split(",")[2] for r in rows[:12]] == [str(x) for x in labels]
+
+
+def test_from_npz_without_val_gets_a_seeded_stratified_val_split(tmp_path, caplog):
+  labels = np.array([0] * 30 + [1] * 10)
+  images = np.arange(40, dtype=np.uint8)[:, None, None] * np.ones((1, 8, 8), np.uint8)
+  path = _npz(tmp_path / "x.npz", train_images=images, train_labels=labels,
+              test_images=images[:4], test_labels=labels[:4])  # fmt: skip
+
+  def val_ids(out):
+    rows = [r.split(",") for r in (out / "manifest.csv").read_text().splitlines()[1:]]
+    return [(r[2], int(np.asarray(Image.open(out / r[0] / "image.png"))[0, 0])) for r in rows
+            if r[3] == "val"]  # fmt: skip
+
+  with caplog.at_level(logging.INFO):
+    npz.from_npz(path, tmp_path / "a", val_fraction=0.2, val_seed=3)
+  assert "no val split" in caplog.text
+  a = val_ids(tmp_path / "a")
+  assert sorted(c for c, _ in a) == ["0"] * 6 + ["1"] * 2  # 20% of each class
+  npz.from_npz(path, tmp_path / "b", val_fraction=0.2, val_seed=3)
+  npz.from_npz(path, tmp_path / "c", val_fraction=0.2, val_seed=4)
+  assert val_ids(tmp_path / "b") == a and val_ids(tmp_path / "c") != a
+  rows = (tmp_path / "a" / "manifest.csv").read_text().splitlines()[1:]
+  assert (
+    sum(r.endswith(",train") for r in rows) == 32 and sum(r.endswith(",test") for r in rows) == 4
+  )
+
+
+def test_from_npz_bad_input_names_the_keys_and_leaves_nothing(tmp_path):
+  bad = _npz(tmp_path / "bad.npz", images=np.zeros((2, 4, 4)), y=np.zeros(2))
+  with pytest.raises(folder.DataError, match=r"needs 'train_images'.*\['images', 'y'\]"):
+    npz.from_npz(bad, tmp_path / "o1")
+  nolab = _npz(tmp_path / "nolab.npz", train_images=np.zeros((2, 4, 4), np.uint8))
+  with pytest.raises(folder.DataError, match=r"train_images without train_labels.*train_images"):
+    npz.from_npz(nolab, tmp_path / "o2")
+  multi = _npz(tmp_path / "m.npz", train_images=np.zeros((2, 4, 4), np.uint8),
+               train_labels=np.zeros((2, 3)))  # fmt: skip
+  with pytest.raises(folder.DataError, match=r"train_labels has shape \(2, 3\)"):
+    npz.from_npz(multi, tmp_path / "o3")
+  rng = _npz(tmp_path / "r.npz", train_images=np.full((2, 4, 4), 300.0),
+             train_labels=np.zeros(2, np.int64))  # fmt: skip
+  with pytest.raises(folder.DataError, match=r"train_images: values in \[300, 300\]"):
+    npz.from_npz(rng, tmp_path / "o4")
+  assert not any(p.name.startswith("o") for p in tmp_path.iterdir())

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -58,7 +59,9 @@ def check_report(w):
   from dlsjax import genotype
   from dlsjax.netspec import spec_from_config
 
-  spec = spec_from_config(get_config("demo", "tiny").model, phase="search")
+  fitted = ml_collections.ConfigDict(json.loads((w / "search" / "config.json").read_text()))
+  assert [m["name"] for m in fitted.model.modalities] == ["WL", "NIR1", "NIR2"]  # from the data
+  spec = spec_from_config(fitted.model, phase="search")
   logd = json.loads((w / "search" / "derivation_log.json").read_text())
   assert (logd["method"], logd["metric"]) == ("mpds", "accuracy")
   assert logd["compilations"] == 3 and logd["validation_images"] == 8

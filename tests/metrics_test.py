@@ -72,3 +72,35 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert lo < m[key] < hi and hi - lo < 0.5
   band = metrics.roc_band(labels, probs, trials=50, seed=0)
   assert np.all(band["low"] <= band["high"] + 1e-12) and band["tpr"][-1] == 1.0
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_binary_auc_is_medmnists_metric_and_differs_from_micro(ties):
+  # MedMNIST reports roc_auc_score(labels, probs[:, 1]) for two classes.
+  labels, probs = _random_case(np.random.default_rng(7), 120, 2, ties)
+  probs[labels == 1, 1] += 0.3  # informative, and not symmetric in the two columns
+  probs /= probs.sum(1, keepdims=True)
+  m = metrics.classification_metrics(labels, probs)
+  assert m["auc_binary"] == pytest.approx(skm.roc_auc_score(labels, probs[:, 1]))
+  assert m["auc_binary"] != pytest.approx(m["auc_micro"])
+  assert "auc_binary" not in metrics.classification_metrics(
+    *_random_case(np.random.default_rng(1), 30, 3)
+  )
+  ci = metrics.bootstrap_ci(labels, probs, trials=200, seed=0)
+  lo, hi = ci["auc_binary"]
+  assert lo < m["auc_binary"] < hi and ci["auc_binary"] != ci["auc_micro"]
+
+
+def test_summarise_carries_binary_auc_in_mean_and_pooled():
+  from dlsjax import evaluate
+
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 2, 60)
+  runs = np.stack([rng.dirichlet(np.ones(2), 60) for _ in range(3)])
+  out = evaluate.summarise(labels, runs, trials=50)
+  per_run = [skm.roc_auc_score(labels, p[:, 1]) for p in runs]
+  assert out["mean"]["auc_binary"] == pytest.approx(np.mean(per_run))
+  assert out["mean"]["auc_binary_std"] == pytest.approx(np.std(per_run, ddof=1))
+  pooled = skm.roc_auc_score(np.tile(labels, 3), np.concatenate(runs)[:, 1])
+  assert out["pooled"]["auc_binary"] == pytest.approx(pooled)
+  assert len(out["pooled"]["ci"]["auc_binary"]) == 2

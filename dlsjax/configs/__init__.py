@@ -11,7 +11,7 @@ CONFIGS = {
   "darts_cifar": "search_darts_cifar",
   "darts_cifar_train": "train_darts_cifar",
   "demo": "demo",
-  "breastmnist": "breastmnist",
+  "medmnist": "medmnist",  # medmnist | medmnist:full
   "experiment": "experiment",  # experiment:paper | experiment:demo | experiment:tiny
 }
 

@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alpha_weight_decay=1e-3,
       alpha_b1=0.5,
       alpha_b2=0.999,
+      alpha_warmup_epochs=0,  # DARTS: none
       focal_gamma=0.0,  # DARTS uses cross-entropy
       focal_alpha=1.0,
       fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)

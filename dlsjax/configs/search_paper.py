@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       alpha_weight_decay=1e-3,
       alpha_b1=0.5,
       alpha_b2=0.999,
+      alpha_warmup_epochs=0,  # paper: the alphas move from the first step
       focal_gamma=2.0,
       focal_alpha=1.0,
       fuse_phases=True,  # first order: both phases in one compiled fwd+bwd (bilevel.py)

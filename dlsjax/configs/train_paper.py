@@ -28,6 +28,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hflip=True,
       vflip=True,
       grad_clip=5.0,  # as the DARTS evaluation code (not stated in the paper); 0 disables
+      # Not in the paper (it trains a fixed schedule and reports the end): which epoch's
+      # weights are the model. last (paper) | val_auc | val_loss: the best epoch on the
+      # val split, evaluated after every epoch (never the test split).
+      select="last",
+      class_weight="none",  # none (paper: focal alpha 1) | balanced (n / (K n_k) per class)
       **common.run_options(),
       aux_head=False,
     )

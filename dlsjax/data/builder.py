@@ -35,7 +35,7 @@ class BuildOptions:
   """How a folder becomes a dataset (``config.data`` holds the defaults)."""
 
   preprocess: str = "build"  # build | on_the_fly
-  resolution: int = 64
+  resolution: int | None = 64  # None: the images' own size (square)
   gray_channels: int = 3  # single-channel images are duplicated to this many (paper: 3)
   nonlinear: str = "log"
   gamma: float = 0.5
@@ -147,6 +147,15 @@ def build(
   """Validate ``manual_dir`` and write the dataset to ``data_dir``; returns its metadata."""
   manual_dir, data_dir = pathlib.Path(manual_dir), pathlib.Path(data_dir)
   desc, rows = folder.validate(manual_dir, test_patients=opts.test_patients, seed=opts.split_seed)
+  if opts.resolution is None:  # model.resolution None: the images' own (square) size
+    first = folder.read_specimen(manual_dir, desc, rows[0])
+    h, w = next(iter(first.values())).shape[:2]
+    if h != w:
+      raise folder.DataError(
+        f"{manual_dir}/{rows[0].specimen_id}: {h}x{w} images are not square; set model.resolution"
+      )
+    opts = dataclasses.replace(opts, resolution=int(h))
+    log.info("resolution: the images' own, %dx%d", h, w)
   if data_dir.exists() and any(data_dir.iterdir()) and not overwrite:
     raise folder.DataError(f"{data_dir}: exists and is not empty (use --overwrite to replace it)")
   counts = folder.class_counts(rows, desc)
