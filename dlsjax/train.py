@@ -234,8 +234,6 @@ def train_spec(config) -> netspec.NetworkSpec:
 
 
 def load_choice(genotype_path, spec: netspec.NetworkSpec) -> tuple[genotype.Genotype, dict]:
-  if genotype_path is None:
-    raise TrainError("this model is derived from a search: pass --genotype SEARCH/genotype.json")
   try:
     geno = genotype.Genotype.load(genotype_path)
     return geno, geno.to_choice(spec.topologies(), spec.op_set)
@@ -274,15 +272,17 @@ def train(
 
   sharding.maybe_initialize_distributed(config.train.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
+  name = models.arch(config)
+  if models.needs_genotype(name) and genotype_path is None:
+    raise TrainError("this model is derived from a search: pass --genotype SEARCH/genotype.json")
+  if not models.needs_genotype(name) and genotype_path is not None:
+    raise TrainError(f"model {name!r} is not searched: drop --genotype")
   ds = dataset.load(data_dir)
   config = fit_config(config, ds)
   spec = train_spec(config)
-  name = models.arch(config)
   geno, choice = None, None
   if models.needs_genotype(name):
     geno, choice = load_choice(genotype_path, spec)
-  elif genotype_path is not None:
-    raise TrainError(f"model {name!r} is not searched: drop --genotype")
   if runs < 1:
     raise TrainError(f"--runs must be >= 1, got {runs}")
   workdir.mkdir(parents=True, exist_ok=True)

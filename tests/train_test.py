@@ -3,6 +3,8 @@
 The step on 4 devices under pmap and shard_map, resume and several runs: tests/demo_test.py.
 """
 
+import jax
+import numpy as np
 import pytest
 
 from dlsjax import train
@@ -23,3 +25,38 @@ def test_paper_training_defaults():
   assert [h.drop_prob(s) for s in (0, 9, 10, 1099)] == pytest.approx(
     [0, 0, 0.2 / 110, 0.2 * 109 / 110]
   )
+
+
+def test_balanced_class_weights_and_the_weighted_focal_loss():
+  import jax.numpy as jnp
+  import numpy as np
+
+  from dlsjax import losses
+
+  assert train.class_weights([147, 399], "none") == ()
+  w = train.class_weights([147, 399], "balanced")  # scikit-learn's n / (K n_k)
+  assert w == pytest.approx((546 / (2 * 147), 546 / (2 * 399)))
+  with pytest.raises(train.TrainError, match="class_weight must be"):
+    train.class_weights([1, 2], "inverse")
+  with pytest.raises(train.TrainError, match="has no training example"):
+    train.class_weights([0, 2], "balanced")
+  # The step weighs each example by its (soft) target's class weight.
+  logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+  target = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+  per = -jnp.sum(target * jax.nn.log_softmax(logits), -1)
+  ex_w = target @ jnp.asarray(w)
+  got = losses.focal_loss(logits, target, gamma=0.0, weights_B=ex_w)
+  np.testing.assert_allclose(got, float((per * ex_w).sum() / ex_w.sum()), rtol=1e-6)
+
+
+def test_val_selection_prefers_auc_then_loss_and_keeps_the_earlier_tie():
+  a = {"val_auc": 0.9, "val_loss": 0.4, "val_acc": 0.8}
+  assert train.is_better("val_auc", a, None)
+  assert train.is_better("val_auc", {**a, "val_auc": 0.91}, a)
+  assert train.is_better("val_auc", {**a, "val_loss": 0.3}, a)  # same AUC, lower loss
+  assert not train.is_better("val_auc", dict(a), a)  # a tie keeps the earlier epoch
+  assert not train.is_better("val_loss", {**a, "val_auc": 0.99}, a)
+  assert train.is_better("val_loss", {**a, "val_loss": 0.39}, a)
+  score = train.val_score([0, 1, 1], [[0.8, 0.2], [0.4, 0.6], [0.7, 0.3]])
+  assert score["val_auc"] == pytest.approx(1.0) and score["val_acc"] == pytest.approx(2 / 3)
+  assert score["val_loss"] == pytest.approx(-(np.log(0.8) + np.log(0.6) + np.log(0.3)) / 3)

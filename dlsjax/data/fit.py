@@ -6,7 +6,9 @@
 after preprocessing, fluorescence flags, class names, build resolution), so
 ``dlsjax search --config demo --data-dir ANY`` needs no ``--set``. A value a
 config pins is kept and checked: a pinned value the dataset contradicts is an
-error naming the field (``check_data_matches_model``). The FL Stem follows the
+error naming the field (``check_data_matches_model``); class names are only
+labels, so the dataset's replace a pinned list of the same length (logged).
+The FL Stem follows the
 fluorescence flags (``netspec`` omits it, with a log line, when there are none).
 """
 
@@ -51,11 +53,12 @@ def fit_config(config, ds: Dataset):
   if filled:
     log.info("model fitted to %s: %s", ds.data_dir, "; ".join(filled))
   check_data_matches_model(ds, netspec.spec_from_config(c.model, phase="train"))
-  if list(c.classes) != list(ds.desc.classes):
-    raise DataError(
-      f"{ds.data_dir}: classes {list(ds.desc.classes)}, the config pins classes {list(c.classes)} "
-      "(set classes to None to take the dataset's)"
-    )
+  if list(c.classes) != list(ds.desc.classes):  # names only label outputs: the data's win
+    log.warning(
+      "%s: class names %s replace the config's %s (same count)",
+      ds.data_dir, list(ds.desc.classes), list(c.classes),
+    )  # fmt: skip
+    c.classes = list(ds.desc.classes)
   return c
 
 
