@@ -13,8 +13,9 @@ micro-AUC otherwise) and ACC, with the mean best val AUC the selection saw:
   (``--resnet-width``; MedMNIST's ResNet-18 (28) is width 64);
 * ``darts_v2``: DARTS' published cell (NetworkCIFAR, ``--darts-layers`` cells of
   ``--darts-c`` channels, no auxiliary head) -- a known-good NAS cell;
-* ``random1..3``: the argmax genotypes of random alphas of our search space
-  (``derived_net.random_argmax_network``), the same size as a searched one;
+* ``random1..3`` (any ``randomN``): the argmax genotype of random alphas of our
+  search space drawn with seed N (``derived_net.random_argmax_network``), the
+  same size as a searched one;
 * ``argmax``: DARTS' argmax genotype of the search in ``--search``;
 * ``mpds``: the MPDS genotype of that search (``genotype.json``); ``--reuse``
   takes an existing training folder of that genotype with the same config
@@ -161,9 +162,11 @@ def main(argv=None) -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   records = []
-  for name in [r.strip() for r in args.rows.split(",") if r.strip()]:
-    if name not in ROWS:
-      raise SystemExit(f"--rows: unknown row {name!r}; rows: {ROWS}")
+  names = [r.strip() for r in args.rows.split(",") if r.strip()]
+  unknown = [n for n in names if n not in ROWS and not (n[:6] == "random" and n[6:].isdigit())]
+  if unknown:
+    raise SystemExit(f"--rows: unknown rows {unknown}; rows: {ROWS} or randomN")
+  for name in names:
     rec = run_row(name, base, args, out)
     records.append(rec)
     print(json.dumps(rec), flush=True)

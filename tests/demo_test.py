@@ -41,6 +41,9 @@ def check_report(w):
   # What was reduced relative to the paper is stated, with the paper's values.
   assert "| `model.c_sin_search` | 48 | 4 |" in report
   assert "| `train.epochs` | 110 | 2 |" in report
+  # How far the alphas moved, and the search budget against the paper's.
+  assert "| normal | 9 |" in report and "largest weight / uniform" in report
+  assert "Search budget: 1 epochs at alpha lr 0.08 after 0 weight-only epochs (paper: 50" in report
   m = json.loads((w / "train" / "metrics.json").read_text())
   assert m["split"] == "test" and m["runs_evaluated"] == ["run0"]
   pooled = m["pooled"]
