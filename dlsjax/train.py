@@ -348,11 +348,11 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
   best_ckpt = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1) if select != "last" else None
-  validate = _validator(model_for_eval(config, spec, choice, h), ds) if best_ckpt else None
   try:
     # Not loaded when a checkpoint exists: resume() replaces the initial state anyway.
     pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
-    model0 = make_model(config, spec, choice, h, axis=None)
+    model0 = make_model(config, spec, choice, h, axis=None)  # no BN axis: init, validation
+    validate = _validator(model0, ds) if best_ckpt else None
     state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
     state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
     best = ckpt.meta().get("best") if ckpt.latest_step() is not None else None
@@ -437,11 +437,6 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
     ckpt.close()
     if best_ckpt is not None:
       best_ckpt.close()
-
-
-def model_for_eval(config, spec, choice, h: TrainHParams):
-  """The model without a BN axis (plain single-device inference)."""
-  return make_model(config, spec, choice, h, axis=None)
 
 
 def _validator(model: Network, ds, batch_size: int = 128):
