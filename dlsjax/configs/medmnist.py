@@ -11,7 +11,7 @@ One modality means no FL Stem (it needs fluorescence images); the Fusing Stem
 then has one input.
 
 Where this config differs from the paper's presets, and why (each choice was
-made on the **val** split of BreastMNIST with the recipe harness described in
+made on the **val** split of BreastMNIST with ``benchmarks/recipe_val.py``, numbers in
 ``benchmarks/RESULTS.md``; the test split is read once, by ``evaluate``):
 
 * Training (``train``): the paper's recipe (SGD lr 2.5e-3 for 110 epochs,
