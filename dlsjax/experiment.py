@@ -168,18 +168,13 @@ TABLES: dict[str, Table] = {
 
 
 def base_config(budget: str, ds, *, pretrained: str | None = None):
-  """The budget's config with the dataset's modalities and classes."""
+  """The budget's config with the dataset's modalities and classes (``data/fit.py``)."""
   from dlsjax.configs import get_config
+  from dlsjax.data.fit import fit_config
 
   cfg = get_config("experiment", budget)
-  mods = [
-    {"name": m.name, "channels": ds.opts.channels_of(m), "fluorescence": m.fluorescence}
-    for m in ds.desc.modalities
-  ]
-  cfg.model.modalities = mods
-  cfg.model.num_classes = len(ds.desc.classes)
-  cfg.classes = list(ds.desc.classes)
-  ds.check_resolution(cfg.model.resolution)  # before any search or training starts
+  cfg.model.modalities, cfg.model.num_classes, cfg.classes = None, None, None
+  cfg = fit_config(cfg, ds)  # checks the resolution before any search or training starts
   if pretrained:
     cfg.model.baselines.efficientnet_b0.pretrained = str(pathlib.Path(pretrained).resolve())
   return cfg
