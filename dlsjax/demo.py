@@ -179,8 +179,8 @@ def reductions(config) -> list[tuple[str, str, str]]:
   return rows
 
 
-def _runs_text(t_dir: pathlib.Path) -> str:
-  n = len([p for p in t_dir.glob("run*") if p.name[3:].isdigit()])
+def _runs_text(result: dict) -> str:
+  n = len(result["runs_evaluated"])
   return f"{n} seed{'s' if n != 1 else ''}"
 
 
@@ -229,7 +229,7 @@ def write_report(w, config, result, cams, latency, seconds, data_name) -> pathli
     "",
     f"The DLS-DARTS pipeline (Xiao et al., IEEE TMI 2022) on the {data_name}: "
     "first-order bi-level search, MPDS derivation, training of the derived network "
-    f"({_runs_text(t_dir)}), evaluation on the test split (read once, here), Grad-CAM and "
+    f"({_runs_text(result)}), evaluation on the test split (read once, here), Grad-CAM and "
     "prediction from raw images.",
     "",
     *_selection_lines(config),

@@ -35,13 +35,9 @@ def predict_split(trained: train.Trained, data_dir, split: str, batch_size: int 
   src = ds.source(split)
   ids = [_text(src[i]["specimen_id"]) for i in range(len(src))]
   predict = jax.jit(train.make_predict_fn(trained.model))
-  labels, probs = [], [[] for _ in trained.variables]
-  for b in pipeline.eval_batches(ds, src, batch_size=min(batch_size, len(src))):
-    keep = b["mask"]
-    labels.append(b["label"][keep])
-    for r, v in enumerate(trained.variables):
-      probs[r].append(np.asarray(predict(v, b["images"]))[keep])
-  return np.concatenate(labels), np.stack([np.concatenate(p) for p in probs]), ids
+  batches = pipeline.eval_batches(ds, src, batch_size=min(batch_size, len(src)))
+  labels, probs = train.predict_batches(predict, batches, trained.variables)
+  return labels, probs, ids
 
 
 def _text(x) -> str:

@@ -439,6 +439,17 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
       best_ckpt.close()
 
 
+def predict_batches(predict, batches, variables_list) -> tuple[np.ndarray, np.ndarray]:
+  """``(labels [N], probs [runs, N, K])`` of padded evaluation ``batches`` (padding dropped)."""
+  labels, probs = [], [[] for _ in variables_list]
+  for b in batches:
+    keep = b["mask"]
+    labels.append(b["label"][keep])
+    for r, v in enumerate(variables_list):
+      probs[r].append(np.asarray(predict(v, b["images"]))[keep])
+  return np.concatenate(labels), np.stack([np.concatenate(p) for p in probs])
+
+
 def _validator(model: Network, ds, batch_size: int = 128):
   """``validate(variables) -> val_score(...)`` on the whole val split (eval mode)."""
   src = ds.source("val")
@@ -446,12 +457,8 @@ def _validator(model: Network, ds, batch_size: int = 128):
   batches = pipeline.eval_batches(ds, src, batch_size=min(batch_size, len(src)))
 
   def validate(variables):
-    labels, probs = [], []
-    for b in batches:
-      keep = b["mask"]
-      labels.append(b["label"][keep])
-      probs.append(np.asarray(predict(variables, b["images"]))[keep])
-    return val_score(np.concatenate(labels), np.concatenate(probs))
+    labels, probs = predict_batches(predict, batches, [variables])
+    return val_score(labels, probs[0])
 
   return validate
 

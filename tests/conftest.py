@@ -79,3 +79,15 @@ def one_cell_spec() -> NetworkSpec:
   the cell layout (the layout has its own tests).
   """
   return dataclasses.replace(cells_only_spec(), cells=("normal",))
+
+
+def cli(*args):
+  """``python -m dlsjax.main ARGS`` in a subprocess; asserts it exits 0."""
+  import subprocess
+  import sys
+
+  out = subprocess.run(
+    [sys.executable, "-m", "dlsjax.main", *args], capture_output=True, text=True, timeout=900
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out

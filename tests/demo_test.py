@@ -2,23 +2,14 @@
 evaluate, Grad-CAM and predict from raw specimen folders."""
 
 import json
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
+from conftest import cli
 
 from dlsjax import evaluate, train
 from dlsjax.configs import get_config
-
-
-def cli(*args):
-  out = subprocess.run(
-    [sys.executable, "-m", "dlsjax.main", *args], capture_output=True, text=True, timeout=900
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out
 
 
 @pytest.mark.heavy

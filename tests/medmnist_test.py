@@ -4,23 +4,14 @@ Seconds of compute (`medmnist:tiny`); the full-size runs are benchmarks (benchma
 """
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli
 from sklearn import metrics as skm
 
 from dlsjax import train
 from dlsjax.data import dataset
-
-
-def cli(*args):
-  out = subprocess.run(
-    [sys.executable, "-m", "dlsjax.main", *args], capture_output=True, text=True, timeout=900
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out
 
 
 @pytest.mark.heavy

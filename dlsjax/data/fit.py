@@ -8,8 +8,8 @@ after preprocessing, fluorescence flags, class names, build resolution), so
 config pins is kept and checked: a pinned value the dataset contradicts is an
 error naming the field (``check_data_matches_model``); class names are only
 labels, so the dataset's replace a pinned list of the same length (logged).
-The FL Stem follows the
-fluorescence flags (``netspec`` omits it, with a log line, when there are none).
+The FL Stem follows the fluorescence flags (``netspec`` omits it, with a log
+line, when there are none).
 """
 
 from __future__ import annotations
