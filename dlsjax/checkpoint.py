@@ -1,4 +1,11 @@
-"""Orbax checkpoints of a run: a state pytree plus JSON metadata per step."""
+"""Orbax checkpoints of a run: a state pytree plus JSON metadata per step.
+
+Several processes: the state is replicated (every process holds all of it, see
+``sharding.Layout.unreplicate``); every process calls ``save`` and ``restore``,
+as orbax requires, and orbax writes the arrays and the metadata from process 0
+only. The metadata records the job's shape and config (:func:`run_identity`),
+and a resume under another shape or config is refused (:meth:`Checkpoints.resume`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dlsjax import distributed
+
+# Config fields that may change between a run and its resume (they do not change the result).
+RESUME_FREE_FIELDS = ("distributed", "checkpoint_every_steps", "parallel")
+
 
 class Checkpoints:
   """``save(step, state, meta)`` / ``restore(template) -> (state, meta)`` under ``directory``.
@@ -19,7 +31,7 @@ class Checkpoints:
   """
 
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
-    self.directory = pathlib.Path(directory).resolve()
+    self.directory = pathlib.Path(directory).resolve()  # remote workdirs: paths.StagedDir
     self._mgr = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -63,18 +75,29 @@ class Checkpoints:
     )
     return out["state"], out["meta"]
 
-  def resume(self, state, seed: int, sum_keys):
+  def resume(self, state, seed: int, sum_keys, *, config=None):
     """``(state, epoch, batch, sums)`` of the latest checkpoint, or of a fresh start.
 
     A run's checkpoints carry ``epoch``, ``batch`` (position in the epoch),
-    ``sums`` (running metric sums of the epoch) and ``seed`` in their metadata;
-    a checkpoint of another seed is an error, not a silent restart.
+    ``sums`` (running metric sums of the epoch), ``seed`` and
+    :func:`run_identity` in their metadata; a checkpoint of another seed, job
+    shape or ``config`` is an error (naming what differs), not a silent restart.
     """
     if self.latest_step() is None:
       return state, 0, 0, dict.fromkeys(sum_keys, 0.0)
-    state, meta = self.restore(state)
+    meta = self.meta()
     if meta.get("seed") != seed:
       raise ValueError(f"{self.directory}: checkpoint has seed {meta.get('seed')}, this run {seed}")
+    distributed.check_job_shape(meta, self.directory)
+    if config is not None and "config" in meta:
+      differ = config_diff(meta["config"], flat_config(config))
+      if differ:
+        raise ValueError(
+          f"{self.directory}: the checkpoint was written with another config ("
+          + "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
+          + "). Resume with the same settings, or start a new --workdir."
+        )
+    state, meta = self.restore(state)
     return state, meta["epoch"], meta["batch"], meta["sums"]
 
   def meta(self, step: int | None = None) -> dict:
@@ -87,6 +110,36 @@ class Checkpoints:
 
   def close(self) -> None:
     self._mgr.close()
+
+
+def flat_config(config) -> dict:
+  """``{"search.w_lr": 0.025, ...}``: the config's leaves, as JSON values."""
+  out = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = v
+
+  walk(json.loads(config.to_json()), "")
+  return out
+
+
+def config_diff(saved: dict, now: dict) -> dict:
+  """``{field: (saved, now)}`` for the fields that differ, ignoring :data:`RESUME_FREE_FIELDS`."""
+  keys = sorted(set(saved) | set(now))
+  return {
+    k: (saved.get(k), now.get(k))
+    for k in keys
+    if k.rsplit(".", 1)[-1] not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k)
+  }
+
+
+def run_identity(config) -> dict:
+  """Checkpoint metadata that a resume must match: the job's shape and the flat config."""
+  return {"job": distributed.job_shape(), "config": flat_config(config)}
 
 
 def trim_epoch_log(path: str | pathlib.Path, completed_epochs: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -106,6 +107,27 @@ def cmd_describe(args) -> int:
   return 0
 
 
+def build_data(args, opts) -> None:
+  """``data build``: a remote --manual-dir is downloaded, a remote --data-dir published whole."""
+  import tempfile
+
+  from dlsjax import paths
+  from dlsjax.data import builder
+
+  manual = paths.local(args.manual_dir, "--manual-dir")
+  if not paths.is_remote(args.data_dir):
+    builder.build(manual, args.data_dir, opts, overwrite=args.overwrite)
+    return
+  dest = paths.resolve(args.data_dir)
+  if dest.exists() and not args.overwrite:
+    raise FileExistsError(f"--data-dir {args.data_dir} exists (pass --overwrite to replace it)")
+  paths.staging_root().mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=paths.staging_root()) as tmp:
+    built = pathlib.Path(tmp) / "built"
+    builder.build(manual, built, opts)
+    paths.publish_tree(built, args.data_dir, "--data-dir")
+
+
 def cmd_data(args) -> int:
   from dlsjax.data import builder, dataset, folder, npz, synth
 
@@ -126,7 +148,7 @@ def cmd_data(args) -> int:
     elif args.data_command == "build":
       cfg = load_config(args.config, args.set)
       opts = builder.BuildOptions.from_config(cfg.data, cfg.model.resolution)
-      builder.build(args.manual_dir, args.data_dir, opts, overwrite=args.overwrite)
+      build_data(args, opts)
       print(dataset.load(args.data_dir).info())
     elif args.data_command == "info":
       print(dataset.load(args.data_dir).info())
@@ -135,13 +157,38 @@ def cmd_data(args) -> int:
   return 0
 
 
+@contextlib.contextmanager
+def staged_workdir(args):
+  """``args.workdir`` as a local folder (a mirror of a remote one, uploaded at the end)."""
+  from dlsjax import distributed, paths
+
+  wd = paths.StagedDir(args.workdir, primary=distributed.is_primary())
+  yield wd
+  wd.push()
+
+
+def start_distributed(args) -> None:
+  """``jax.distributed`` from the flags, the environment or the cluster (dlsjax/distributed.py)."""
+  from dlsjax import distributed
+
+  distributed.initialize(
+    "auto", coordinator=args.coordinator, num_processes=args.num_processes,
+    process_id=args.process_id, timeout_s=args.distributed_timeout,
+  )  # fmt: skip
+
+
 def cmd_search(args) -> int:
   from dlsjax import search
   from dlsjax.data.folder import DataError
 
   cfg = load_config(args.config, args.set, args.model)
+  start_distributed(args)
   try:
-    search.search(cfg, args.data_dir, args.workdir, resume=args.resume, stop_after=args.stop_after)
+    with staged_workdir(args) as wd:
+      search.search(
+        cfg, args.data_dir, wd.local, resume=args.resume, stop_after=args.stop_after,
+        on_checkpoint=wd.push,
+      )  # fmt: skip
   except (DataError, search.SearchError) as e:
     raise SystemExit(f"search: {e}") from None
   print(f"search finished: {args.workdir}/alphas.png, {args.workdir}/genotype_argmax.json")
@@ -159,13 +206,14 @@ def cmd_derive(args) -> int:
       raise SystemExit(f"derive: --set {key}: only derive.* fields can be set here")
     overrides[key.removeprefix("derive.")] = value
   try:
-    geno = derive.derive(
-      args.workdir,
-      data_dir=args.data_dir,
-      method=args.method,
-      metric=args.metric,
-      overrides=overrides,
-    )
+    with staged_workdir(args) as wd:
+      geno = derive.derive(
+        wd.local,
+        data_dir=args.data_dir,
+        method=args.method,
+        metric=args.metric,
+        overrides=overrides,
+      )
   except (DataError, derive.DeriveError, ValueError) as e:
     raise SystemExit(f"derive: {e}") from None
   print(geno)
@@ -181,11 +229,13 @@ def cmd_train(args) -> int:
   cfg = load_config(args.config, args.set, args.model)
   if "train" not in cfg:
     raise SystemExit(f"train: config {args.config!r} has no train section (try paper_train)")
+  start_distributed(args)
   try:
-    dirs = train.train(
-      cfg, args.genotype, args.data_dir, args.workdir, runs=args.runs, resume=args.resume,
-      stop_after=args.stop_after,
-    )  # fmt: skip
+    with staged_workdir(args) as wd:
+      dirs = train.train(
+        cfg, args.genotype, args.data_dir, wd.local, runs=args.runs, resume=args.resume,
+        stop_after=args.stop_after, on_checkpoint=wd.push,
+      )  # fmt: skip
   except (DataError, train.TrainError) as e:
     raise SystemExit(f"train: {e}") from None
   print(f"training finished: {', '.join(str(d) for d in dirs)}")
@@ -197,10 +247,11 @@ def cmd_evaluate(args) -> int:
   from dlsjax.data.folder import DataError
 
   try:
-    result = evaluate.evaluate(
-      args.workdir, split=args.split, data_dir=args.data_dir, trials=args.bootstrap,
-      throughput_batch=args.throughput_batch, throughput_batches=args.throughput_batches,
-    )  # fmt: skip
+    with staged_workdir(args) as wd:
+      result = evaluate.evaluate(
+        wd.local, split=args.split, data_dir=args.data_dir, trials=args.bootstrap,
+        throughput_batch=args.throughput_batch, throughput_batches=args.throughput_batches,
+      )  # fmt: skip
   except (DataError, train.TrainError) as e:
     raise SystemExit(f"evaluate: {e}") from None
   print(evaluate.format_table(result))
@@ -211,6 +262,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_gradcam(args) -> int:
+  with staged_workdir(args) as wd:
+    _gradcam(args, wd.local)
+  return 0
+
+
+def _gradcam(args, workdir) -> None:
   import pathlib
 
   from dlsjax import gradcam, plots, train
@@ -218,7 +275,7 @@ def cmd_gradcam(args) -> int:
   from dlsjax.data.folder import DataError
 
   try:
-    trained = train.load(args.workdir)
+    trained = train.load(workdir)
     ds = dataset.load(args.data_dir or trained.data_dir())
     classes = list(ds.desc.classes)
     target = None
@@ -233,7 +290,7 @@ def cmd_gradcam(args) -> int:
       split, ex = ds.find(sid, trained.spec.resolution)
       images = {k: v[None] for k, v in ex["images"].items()}
       heat, probs, cls = explain(trained.variables[args.run], images, target)
-      out = pathlib.Path(args.out or args.workdir) / f"gradcam_{sid}.png"
+      out = pathlib.Path(args.out or workdir) / f"gradcam_{sid}.png"
       overlay = "WL" if "WL" in ex["images"] else ds.modalities[0]
       plots.gradcam_panel(
         ex["images"], heat, overlay, out,
@@ -243,15 +300,14 @@ def cmd_gradcam(args) -> int:
       print(f"wrote {out}")
   except (DataError, train.TrainError) as e:
     raise SystemExit(f"gradcam: {e}") from None
-  return 0
 
 
 def cmd_predict(args) -> int:
-  from dlsjax import predict, train
+  from dlsjax import paths, predict, train
   from dlsjax.data.folder import DataError
 
   try:
-    p = predict.Predictor(args.workdir)
+    p = predict.Predictor(paths.StagedDir(args.workdir).local)
     results = [p(d) for d in args.specimens]
   except (DataError, train.TrainError) as e:
     raise SystemExit(f"predict: {e}") from None
@@ -267,21 +323,24 @@ def cmd_demo(args) -> int:
   from dlsjax import demo
 
   cfg = load_config(args.config, args.set)
-  report = demo.run(args.workdir, cfg, data_folder=args.data_folder)
-  print(f"wrote {report}")
+  with staged_workdir(args) as wd:
+    report = demo.run(wd.local, cfg, data_folder=args.data_folder)
+  print(f"wrote {report}" if wd.remote is None else f"wrote {args.workdir}/report.md")
   return 0
 
 
 def cmd_experiment(args) -> int:
-  from dlsjax import derive, experiment, search, train
+  from dlsjax import derive, experiment, paths, search, train
   from dlsjax.data.folder import DataError
 
   try:
-    out = experiment.run_table(
-      args.table, args.data_dir, args.workdir, budget=args.budget, runs=args.runs,
-      pretrained=args.pretrained,
-      only=[x.strip() for x in args.rows.split(",")] if args.rows else None,
-    )  # fmt: skip
+    pretrained = args.pretrained and str(paths.local(args.pretrained, "--pretrained"))
+    with staged_workdir(args) as wd:
+      out = experiment.run_table(
+        args.table, args.data_dir, wd.local, budget=args.budget, runs=args.runs,
+        pretrained=pretrained,
+        only=[x.strip() for x in args.rows.split(",")] if args.rows else None,
+      )  # fmt: skip
   except (
     DataError, experiment.ExperimentError, search.SearchError, derive.DeriveError,
     train.TrainError,
@@ -290,6 +349,21 @@ def cmd_experiment(args) -> int:
   print(pathlib.Path(out["files"][0]).read_text())
   print("wrote " + ", ".join(out["files"]))
   return 0
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group(
+    "several processes (one per host; see README 'Several processes and Cloud TPU VMs')"
+  )
+  g.add_argument(
+    "--coordinator", help="HOST:PORT of process 0 (default: JAX_COORDINATOR_ADDRESS or the cluster)"
+  )
+  g.add_argument("--num-processes", type=int, help="processes in the job (or DLSJAX_NUM_PROCESSES)")
+  g.add_argument("--process-id", type=int, help="this process, 0-based (or DLSJAX_PROCESS_ID)")
+  g.add_argument(
+    "--distributed-timeout", type=int, default=300,
+    help="seconds to wait for all processes to reach the coordinator (default 300)",
+  )  # fmt: skip
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -369,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
   p.add_argument("--model", choices=["dls_darts", "mmnas"], help="search space preset (models.py)")
   _add_set(p)
+  _add_distributed(p)
   p.set_defaults(func=cmd_search)
 
   p = sub.add_parser("derive", help="derive the architecture of a finished search (MPDS)")
@@ -393,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--resume", action="store_true", help="continue unfinished runs")
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
   _add_set(p)
+  _add_distributed(p)
   p.set_defaults(func=cmd_train)
 
   p = sub.add_parser("evaluate", help="ACC, micro AUC with bootstrap CIs, ROC and confusion")
@@ -452,8 +528,15 @@ def main(argv: list[str] | None = None) -> int:
 
   runtime.setup()
   args = build_parser().parse_args(argv)
+  from dlsjax import distributed, paths
+
   try:
     return args.func(args)
+  except distributed.Preempted as e:
+    print(f"dlsjax: {e}", file=sys.stderr)
+    return distributed.PREEMPTED_EXIT_CODE
+  except (paths.PathError, distributed.DistributedError) as e:
+    raise SystemExit(f"dlsjax {args.command}: {e}") from None
   except ValueError as e:  # invalid config values (NetworkSpec, hyper-parameters)
     if os.environ.get("DLSJAX_TRACEBACK"):
       raise

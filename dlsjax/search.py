@@ -7,8 +7,9 @@ Writes to ``workdir``:
   lr, softmaxed alphas of every part);
 * ``tb/``: TensorBoard scalars;
 * ``checkpoints/``: orbax checkpoints (end of every epoch, and every
-  ``search.checkpoint_every_steps`` steps) with the full state and the data
-  position, so ``resume=True`` continues exactly where the run stopped;
+  ``search.checkpoint_every_steps`` steps, and at the step every process
+  agrees on after SIGTERM) with the full state and the data position, so
+  ``resume=True`` continues exactly where the run stopped;
 * ``alphas.npz``, ``alphas.png`` (heatmaps), ``genotype_argmax.json`` at the end.
 """
 
@@ -23,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from dlsjax import bilevel, checkpoint, genotype, netspec, plots, sharding, tblog
+from dlsjax import bilevel, checkpoint, distributed, genotype, netspec, plots, sharding, tblog
 from dlsjax.data import dataset, pipeline
 from dlsjax.data.fit import fit_config
 
@@ -44,15 +45,20 @@ def search(
   resume: bool = False,
   progress: bool = True,
   stop_after: int | None = None,
+  on_checkpoint=None,
 ) -> dict:
   """Run (or resume) the search; returns the final state on the host.
 
   ``stop_after`` ends the run after that many steps in this call (for tests
-  and benchmarks; a later ``resume`` continues).
+  and benchmarks; a later ``resume`` continues). ``on_checkpoint()`` is called
+  after every checkpoint and at the end (``paths.StagedDir.push`` uploads a
+  remote workdir). SIGTERM saves a checkpoint and raises
+  ``distributed.Preempted``.
   """
-  sharding.maybe_initialize_distributed(config.search.get("distributed", "auto"))
+  distributed.initialize(config.search.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  on_checkpoint = on_checkpoint or (lambda: None)
   ds = dataset.load(data_dir)
   config = fit_config(config, ds)
   spec = netspec.spec_from_config(config.model, phase="search")
@@ -63,20 +69,22 @@ def search(
   w_idx, a_idx = pipeline.search_halves(len(src), seed)
   n_proc, proc = jax.process_count(), jax.process_index()
   if sc.batch_size % n_proc:
-    raise SearchError(f"search.batch_size {sc.batch_size} does not split over {n_proc} hosts")
+    raise SearchError(f"search.batch_size {sc.batch_size} does not split over {n_proc} processes")
   host_batch = sc.batch_size // n_proc
-  w_idx, a_idx = pipeline.host_shard(w_idx, proc, n_proc), pipeline.host_shard(a_idx, proc, n_proc)
-  steps_per_epoch = min(len(w_idx), len(a_idx)) // host_batch
+  steps_per_epoch = min(len(w_idx), len(a_idx)) // sc.batch_size
   if steps_per_epoch < 1:
     raise SearchError(
-      f"{ds.data_dir}: the search halves ({len(w_idx)} and {len(a_idx)} specimens per host) "
-      f"cannot fill one batch of {host_batch}"
+      f"{ds.data_dir}: the search halves ({len(w_idx)} and {len(a_idx)} specimens) "
+      f"cannot fill one batch of {sc.batch_size}"
     )
   h = bilevel.SearchHParams.from_config(sc, steps_per_epoch)
   aug = pipeline.Augment.from_config(sc)  # crop and flips; no CutMix in the search
   runner = sharding.Runner(bilevel.make_search_step(spec, h), mode=sc.get("parallel", "pmap"))
   if host_batch % runner.n:
-    raise SearchError(f"batch {host_batch} per host does not split over {runner.n} devices")
+    raise SearchError(
+      f"search.batch_size {sc.batch_size}: {host_batch} per process does not split over "
+      f"{runner.n} local devices"
+    )
 
   ckpt = checkpoint.Checkpoints(workdir / "checkpoints")
   if ckpt.latest_step() is not None and not resume:
@@ -87,8 +95,8 @@ def search(
   state = bilevel.init_state(spec, h, jax.random.PRNGKey(seed))
   had_checkpoint = ckpt.latest_step() is not None
   try:
-    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
-  except ValueError as e:
+    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS, config=config)
+  except (ValueError, distributed.DistributedError) as e:
     raise SearchError(str(e)) from None
   if had_checkpoint:
     log.info("resuming at epoch %d, batch %d (step %d)", epoch + 1, start, int(state["step"]))
@@ -98,16 +106,19 @@ def search(
       )
   elif resume:
     log.info("%s: no checkpoint, starting a new search", workdir)
-  (workdir / "config.json").write_text(config.to_json(indent=2))
-  (workdir / "search_run.json").write_text(
-    json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve())})
-  )
+  # SIGTERM is caught from here on; config.json, written next, tells a test so.
+  preemption = distributed.Preemption()
+  if proc == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+    (workdir / "search_run.json").write_text(
+      json.dumps({"data_dir": dataset.describe_location(data_dir)})
+    )
 
   writer = tblog.writer(workdir) if proc == 0 else None
   every = int(sc.get("checkpoint_every_steps", 0) or 0)
   dstate = runner.replicate(state)
   rng = jax.random.PRNGKey(seed + 1)
-  steps_done = 0
+  steps_done, first_step = 0, epoch * steps_per_epoch + start
 
   def save(epoch_, batch_, sums_):
     host = runner.unreplicate(dstate)
@@ -117,17 +128,20 @@ def search(
       "sums": sums_,
       "seed": seed,
       "step": int(host["step"]),
+      **checkpoint.run_identity(config),
     }
     ckpt.save(int(host["step"]), host, meta)
+    on_checkpoint()
     return host
 
   try:
     while epoch < h.epochs:
+      shard = (proc, n_proc)
       wb = pipeline.train_batches(
-        ds, src, w_idx, batch_size=host_batch, seed=seed, epoch=epoch, aug=aug
+        ds, src, w_idx, batch_size=sc.batch_size, seed=seed, epoch=epoch, aug=aug, host=shard
       )
       ab = pipeline.train_batches(
-        ds, src, a_idx, batch_size=host_batch, seed=seed + 7919, epoch=epoch, aug=aug
+        ds, src, a_idx, batch_size=sc.batch_size, seed=seed + 7919, epoch=epoch, aug=aug, host=shard
       )
       it_w, it_a = pipeline.iterate(wb, start=start), pipeline.iterate(ab, start=start)
       bar = range(start, steps_per_epoch)
@@ -158,7 +172,11 @@ def search(
           )  # fmt: skip
         steps_done += 1
         last_in_epoch = i + 1 == steps_per_epoch
-        if every and (epoch * steps_per_epoch + i + 1) % every == 0 and not last_in_epoch:
+        global_step = epoch * steps_per_epoch + i + 1
+        if preemption.reached(global_step):
+          save(epoch, i + 1, sums)
+          raise distributed.Preempted("search", global_step, epoch, i + 1, ckpt.directory)
+        if every and global_step % every == 0 and not last_in_epoch:
           save(epoch, i + 1, sums)
         if stop_after is not None and steps_done >= stop_after and not last_in_epoch:
           return runner.unreplicate(dstate)
@@ -186,6 +204,8 @@ def search(
       if stop_after is not None and steps_done >= stop_after:
         return host
   finally:
+    log.info("search: ran %d steps in this call (from step %d)", steps_done, first_step)
+    preemption.close()
     if writer is not None:
       writer.close()
     ckpt.close()
@@ -193,6 +213,7 @@ def search(
   host = runner.unreplicate(dstate)
   if proc == 0:
     write_outputs(workdir, spec, host["alphas"])
+  on_checkpoint()
   return host
 
 

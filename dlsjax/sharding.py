@@ -1,14 +1,18 @@
 """Run a per-device step over devices: ``jax.pmap`` (default) or ``jax.shard_map``.
 
 The step is written once against the named axis ``"data"``. Batches are
-global; ``shard_batch`` lays them out for the chosen mode (``[D, B/D, ...]``
-for pmap, ``[B, ...]`` split along the batch for shard_map), and the state is
-replicated (a leading device axis under pmap).
+this process's rows of the global batch (all of it with one process);
+``shard_batch`` lays them out for the chosen mode (``[D, B/D, ...]`` over the
+local devices for pmap, one global array split along the batch for
+shard_map), and the state is replicated (a leading device axis under pmap).
+
+With several processes (``dlsjax.distributed``) the axis spans the devices of
+all processes: pmap maps over every process's local devices, and the
+shard_map mesh holds all devices, process 0's first, so device ``d`` sees the
+same rows as device ``d`` of a one-process run with as many devices.
 """
 
 from __future__ import annotations
-
-import os
 
 import jax
 import numpy as np
@@ -17,25 +21,6 @@ from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
 MODES = ("pmap", "shard_map")
-
-
-def maybe_initialize_distributed(enabled: bool | str = "auto") -> None:
-  """``jax.distributed.initialize()`` for multi-host runs.
-
-  ``auto``: when the environment describes a multi-process job (a Cloud TPU
-  pod slice sets ``TPU_WORKER_HOSTNAMES``/``MEGASCALE_*``; a manual cluster sets
-  ``JAX_COORDINATOR_ADDRESS``). Must run before any other JAX call.
-  """
-  if enabled is False or enabled == "off":
-    return
-  env = os.environ
-  multi = (
-    "JAX_COORDINATOR_ADDRESS" in env
-    or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-    or "MEGASCALE_COORDINATOR_ADDRESS" in env
-  )
-  if enabled is True or enabled == "on" or (enabled == "auto" and multi):
-    jax.distributed.initialize()
 
 
 REPLICATED, BATCH, HOST, LOCAL = "replicated", "batch", "host", "local"
@@ -52,16 +37,24 @@ class Layout:
     if mode not in MODES:
       raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
     self.mode = mode
+    self.multiprocess = jax.process_count() > 1
+    if devices is not None and self.multiprocess:
+      raise ValueError("a device subset is for one process; several processes use all devices")
     self.devices = list(devices) if devices is not None else jax.local_devices()
-    self.n = len(self.devices)
-    self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
-    self._stacked = NamedSharding(self.mesh, P(AXIS))  # a leading axis split over devices
+    self.n = len(self.devices)  # local devices: a host batch splits over these
+    local_mesh = Mesh(np.asarray(self.devices), (AXIS,))
+    self._stacked = NamedSharding(local_mesh, P(AXIS))  # a leading axis over local devices
+    # shard_map's mesh: every device of every process (process 0's first).
+    self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,)) if self.multiprocess else local_mesh
 
   def replicate(self, tree):
     """Host state -> the layout the step takes."""
     if self.mode == "pmap":
       return self._stack(tree)
-    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    replicated = NamedSharding(self.mesh, P())
+    return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree
+    )
 
   def _stack(self, tree):
     """One copy per device along a new leading axis (what ``jax.pmap`` takes)."""
@@ -74,10 +67,10 @@ class Layout:
     """The step's state -> one host copy (numpy)."""
     if self.mode == "pmap":
       return jax.tree.map(first_replica, tree)
-    return jax.tree.map(np.asarray, tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def shard_batch(self, batch):
-    """A global batch ``[B, ...]`` (host numpy) -> the step's layout."""
+    """This process's batch ``[B, ...]`` (host numpy) -> the step's layout."""
 
     def split(x):
       x = np.asarray(x)
@@ -88,7 +81,9 @@ class Layout:
     batch = jax.tree.map(split, batch)
     if self.mode == "pmap":
       batch = jax.tree.map(lambda x: x.reshape(self.n, -1, *x.shape[1:]), batch)
-    return jax.device_put(batch, self._stacked)
+      return jax.device_put(batch, self._stacked)
+    rows = NamedSharding(self.mesh, P(AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(rows, x), batch)
 
 
 def first_replica(x) -> np.ndarray:
@@ -130,7 +125,12 @@ class Runner(Layout):
     self.in_kinds, self.out_kinds = tuple(in_kinds), tuple(out_kinds)
     donate_args = (0,) if donate else ()
     if mode == "pmap":
-      self._fn = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=donate_args)
+      self._fn = jax.pmap(
+        step_fn,
+        axis_name=AXIS,
+        devices=None if self.multiprocess else self.devices,
+        donate_argnums=donate_args,
+      )
     else:
       spec = {REPLICATED: P(), HOST: P(), BATCH: P(AXIS), LOCAL: P(AXIS)}
       mapped = jax.shard_map(
@@ -149,7 +149,15 @@ class Runner(Layout):
   def __call__(self, *args):
     if self.mode == "pmap":
       args = [self._stack(a) if k == HOST else a for a, k in zip(args, self.in_kinds, strict=True)]
+    elif self.multiprocess:  # jit over several processes takes global arrays only
+      kinds = self.in_kinds
+      args = [self.replicate(a) if k == HOST else a for a, k in zip(args, kinds, strict=True)]
     out = self._fn(*args)
+    if self.mode == "shard_map" and self.multiprocess:
+      out = tuple(
+        jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), o) if k == HOST else o
+        for o, k in zip(out, self.out_kinds, strict=True)
+      )
     if self.mode == "pmap":
       out = tuple(
         jax.tree.map(first_replica, o)

@@ -42,6 +42,7 @@ import optax
 from dlsjax import (
   checkpoint,
   derived_net,
+  distributed,
   genotype,
   losses,
   models,
@@ -234,8 +235,10 @@ def train_spec(config) -> netspec.NetworkSpec:
 
 
 def load_choice(genotype_path, spec: netspec.NetworkSpec) -> tuple[genotype.Genotype, dict]:
+  from dlsjax import paths
+
   try:
-    geno = genotype.Genotype.load(genotype_path)
+    geno = genotype.Genotype.load(paths.local(genotype_path, "--genotype"))
     return geno, geno.to_choice(spec.topologies(), spec.op_set)
   except (OSError, genotype.GenotypeError) as e:
     raise TrainError(f"{genotype_path}: {e}") from None
@@ -246,7 +249,12 @@ def pretrained_path(config) -> str:
   name = models.arch(config)
   if models.needs_genotype(name):
     return ""
-  return str(models.baseline_overrides(config, name).get("pretrained", "") or "")
+  path = str(models.baseline_overrides(config, name).get("pretrained", "") or "")
+  if path:
+    from dlsjax import paths
+
+    return str(paths.local(path, "--pretrained"))
+  return path
 
 
 def run_dirs(workdir, runs: int) -> list[pathlib.Path]:
@@ -263,14 +271,17 @@ def train(
   resume: bool = False,
   progress: bool = True,
   stop_after: int | None = None,
+  on_checkpoint=None,
 ) -> list[pathlib.Path]:
   """Train ``runs`` seeds of the derived network; returns the run folders.
 
   ``stop_after`` ends the call after that many steps (tests; resume later).
+  ``on_checkpoint()`` is called after every checkpoint (``paths.StagedDir.push``).
+  SIGTERM saves a checkpoint and raises ``distributed.Preempted``.
   """
   from dlsjax.data.fit import fit_config
 
-  sharding.maybe_initialize_distributed(config.train.get("distributed", "auto"))
+  distributed.initialize(config.train.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
   name = models.arch(config)
   if models.needs_genotype(name) and genotype_path is None:
@@ -292,38 +303,46 @@ def train(
       f"{workdir}: has training checkpoints ({', '.join(existing)}); pass --resume to continue "
       "(finished runs are kept), or use a new --workdir"
     )
-  (workdir / "config.json").write_text(config.to_json(indent=2))
-  if geno is not None:
-    geno.save(workdir / "genotype.json")
-  shutil.copyfile(ds.data_dir / builder.METADATA, workdir / "dataset.json")
-  (workdir / "train_run.json").write_text(
-    json.dumps({"data_dir": str(pathlib.Path(data_dir).resolve()), "runs": runs})
-  )
+  # SIGTERM is caught from here on; config.json, written next, tells a test so.
+  preemption = distributed.Preemption()
+  if distributed.is_primary():
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+    if geno is not None:
+      geno.save(workdir / "genotype.json")
+    shutil.copyfile(ds.data_dir / builder.METADATA, workdir / "dataset.json")
+    (workdir / "train_run.json").write_text(
+      json.dumps({"data_dir": dataset.describe_location(data_dir), "runs": runs})
+    )
   dirs = run_dirs(workdir, runs)
   budget = [stop_after]
-  for i, run_dir in enumerate(dirs):
-    _train_one(
-      config, spec, choice, ds, run_dir, seed=int(config.seed) + i, run=(i, runs),
-      progress=progress, budget=budget,
-    )  # fmt: skip
-    if budget[0] is not None and budget[0] <= 0:
-      break
+  try:
+    for i, run_dir in enumerate(dirs):
+      _train_one(
+        config, spec, choice, ds, run_dir, seed=int(config.seed) + i, run=(i, runs),
+        progress=progress, budget=budget, on_checkpoint=on_checkpoint or (lambda: None),
+        preemption=preemption,
+      )  # fmt: skip
+      if budget[0] is not None and budget[0] <= 0:
+        break
+  finally:
+    preemption.close()
   return dirs
 
 
-def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget) -> None:
+def _train_one(
+  config, spec, choice, ds, run_dir, *, seed, run, progress, budget, on_checkpoint, preemption
+) -> None:
   tc = config.train
   src = ds.source("train")
   n_proc, proc = jax.process_count(), jax.process_index()
   if tc.batch_size % n_proc:
-    raise TrainError(f"train.batch_size {tc.batch_size} does not split over {n_proc} hosts")
+    raise TrainError(f"train.batch_size {tc.batch_size} does not split over {n_proc} processes")
   host_batch = tc.batch_size // n_proc
-  indices = pipeline.host_shard(np.arange(len(src)), proc, n_proc)
-  steps_per_epoch = len(indices) // host_batch
+  steps_per_epoch = len(src) // tc.batch_size
   if steps_per_epoch < 1:
     raise TrainError(
-      f"{ds.data_dir}: {len(indices)} training specimens per host cannot fill one batch of "
-      f"{host_batch} (lower train.batch_size)"
+      f"{ds.data_dir}: {len(src)} training specimens cannot fill one batch of "
+      f"{tc.batch_size} (lower train.batch_size)"
     )
   h = TrainHParams.from_config(tc, steps_per_epoch)
   counts = [ds.class_counts["train"][c] for c in ds.desc.classes]
@@ -344,23 +363,34 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
     in_kinds=(sharding.REPLICATED, sharding.BATCH, sharding.HOST),
   )
   if host_batch % runner.n:
-    raise TrainError(f"batch {host_batch} per host does not split over {runner.n} devices")
+    raise TrainError(
+      f"train.batch_size {tc.batch_size}: {host_batch} per process does not split over "
+      f"{runner.n} local devices"
+    )
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
   best_ckpt = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1) if select != "last" else None
+  steps_done, first_step = 0, 0
   try:
     # Not loaded when a checkpoint exists: resume() replaces the initial state anyway.
     pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
     model0 = make_model(config, spec, choice, h, axis=None)  # no BN axis: init, validation
     validate = _validator(model0, ds) if best_ckpt else None
     state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
-    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
+    try:
+      state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS, config=config)
+    except (ValueError, distributed.DistributedError) as e:
+      raise TrainError(str(e)) from None
     best = ckpt.meta().get("best") if ckpt.latest_step() is not None else None
+    first_step = epoch * steps_per_epoch + start
     if (epoch, start) != (0, 0):
       if epoch >= h.epochs:
         log.info("%s: finished (%d epochs), kept", run_dir, epoch)
         return
-      log.info("%s: resuming at epoch %d, batch %d", run_dir, epoch + 1, start)
+      log.info(
+        "%s: resuming at epoch %d, batch %d (step %d)",
+        run_dir, epoch + 1, start, epoch * steps_per_epoch + start,
+      )  # fmt: skip
       if proc == 0:
         checkpoint.trim_epoch_log(run_dir / "metrics.jsonl", epoch)
     writer = tblog.writer(run_dir) if proc == 0 else None
@@ -369,13 +399,17 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
 
     def save(epoch_, batch_, sums_):
       host = runner.unreplicate(dstate)
-      meta = {"epoch": epoch_, "batch": batch_, "sums": sums_, "seed": seed, "best": best}
+      meta = {
+        "epoch": epoch_, "batch": batch_, "sums": sums_, "seed": seed, "best": best,
+        "step": int(host["step"]), **checkpoint.run_identity(config),
+      }  # fmt: skip
       ckpt.save(int(host["step"]), host, meta)
+      on_checkpoint()
 
     every = int(tc.get("checkpoint_every_steps", 0) or 0)
     while epoch < h.epochs:
       batches = pipeline.train_batches(
-        ds, src, indices, batch_size=host_batch, seed=seed, epoch=epoch, aug=aug
+        ds, src, batch_size=tc.batch_size, seed=seed, epoch=epoch, aug=aug, host=(proc, n_proc)
       )
       it = pipeline.iterate(batches, start=start)
       bar = range(start, steps_per_epoch)
@@ -397,8 +431,13 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
           sums[k] += m[k]
         if progress:
           bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.2f}")
+        steps_done += 1
         last = i + 1 == steps_per_epoch
-        if every and (epoch * steps_per_epoch + i + 1) % every == 0 and not last:
+        global_step = epoch * steps_per_epoch + i + 1
+        if preemption.reached(global_step):
+          save(epoch, i + 1, sums)
+          raise distributed.Preempted(f"train {run_dir}", global_step, epoch, i + 1, ckpt.directory)
+        if every and global_step % every == 0 and not last:
           save(epoch, i + 1, sums)
         if budget[0] is not None:
           budget[0] -= 1
@@ -434,6 +473,8 @@ def _train_one(config, spec, choice, ds, run_dir, *, seed, run, progress, budget
       if budget[0] is not None and budget[0] <= 0:
         return
   finally:
+    if steps_done:
+      log.info("%s: ran %d steps in this call (from step %d)", run_dir, steps_done, first_step)
     ckpt.close()
     if best_ckpt is not None:
       best_ckpt.close()

@@ -29,7 +29,6 @@ def test_search_halves():
   w2, a2 = pipeline.search_halves(11, seed=3)
   np.testing.assert_array_equal(w, w2)
   assert not np.array_equal(pipeline.search_halves(11, seed=4)[0], w)
-  np.testing.assert_array_equal(pipeline.host_shard(np.arange(10), 1, 3), [1, 4, 7])
 
 
 def test_crop_flip_is_shared_across_modalities():
@@ -110,6 +109,23 @@ def test_train_batches_shapes_determinism_and_resume(built):
   streamed = list(pipeline.iterate(ep0))
   assert len(streamed) == len(ep0)
   np.testing.assert_array_equal(streamed[-1]["label"], ep0[len(ep0) - 1]["label"])
+
+
+def test_hosts_read_their_rows_of_the_one_host_batches(built):
+  """2 hosts: host i's batch k is rows [2i, 2i+2) of the one-host batch k, augmentation included."""
+  src = built.source("train")
+  kw = dict(batch_size=4, seed=3, epoch=1, aug=pipeline.Augment(crop_padding=2))
+  whole = pipeline.train_batches(built, src, **kw)
+  hosts = [pipeline.train_batches(built, src, host=(i, 2), **kw) for i in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == len(whole)
+  for k in range(len(whole)):
+    for i, part in enumerate(hosts):
+      rows = slice(2 * i, 2 * i + 2)
+      np.testing.assert_array_equal(part[k]["label"], whole[k]["label"][rows])
+      for m in built.modalities:
+        np.testing.assert_array_equal(part[k]["images"][m], whole[k]["images"][m][rows])
+  with pytest.raises(ValueError, match="batch of 4 does not split over 3 hosts"):
+    pipeline.train_batches(built, src, host=(0, 3), **kw)
 
 
 def test_epoch_visits_each_example_at_most_once(built):

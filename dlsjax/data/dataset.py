@@ -120,8 +120,18 @@ def _one(desc: folder.Description, m: folder.ModalityInfo) -> folder.Description
   return dataclasses.replace(desc, modalities=(m,))
 
 
+def describe_location(data_dir) -> str:
+  """How a run records its dataset: the URI of a remote one, the absolute path of a local one."""
+  from dlsjax import paths
+
+  return str(data_dir) if paths.is_remote(data_dir) else str(pathlib.Path(data_dir).resolve())
+
+
 def load(data_dir: str | pathlib.Path) -> Dataset:
-  data_dir = pathlib.Path(data_dir)
+  """The built dataset at ``data_dir`` (a remote one is read from a local copy, dlsjax.paths)."""
+  from dlsjax import paths
+
+  data_dir = paths.local(data_dir, "--data-dir")
   path = data_dir / builder.METADATA
   if not path.is_file():
     raise folder.DataError(

@@ -64,9 +64,32 @@ def search_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
 
 
-def host_shard(indices: np.ndarray, index: int, count: int) -> np.ndarray:
-  """This host's share of ``indices`` for multi-host runs (every ``count``-th)."""
-  return np.asarray(indices)[index::count]
+class _Pick:
+  """Random-access view of ``data`` at ``positions`` (a host's share of the global batches)."""
+
+  def __init__(self, data, positions: np.ndarray):
+    self._data, self._positions = data, positions
+
+  def __len__(self) -> int:
+    return len(self._positions)
+
+  def __getitem__(self, i: int):
+    return self._data[int(self._positions[i])]
+
+
+def host_positions(steps: int, batch_size: int, host: tuple[int, int]) -> np.ndarray:
+  """Positions in the global example order that host ``index`` of ``count`` reads.
+
+  Host ``index`` takes rows ``[index * B/count, (index + 1) * B/count)`` of every
+  global batch of ``B``, so the hosts together see exactly the batches of a
+  one-host run, and each device the same rows as in a one-host run with as
+  many devices (the devices of process 0 come first in the global order).
+  """
+  index, count = host
+  if batch_size % count:
+    raise ValueError(f"a global batch of {batch_size} does not split over {count} hosts")
+  per = batch_size // count
+  return (np.arange(steps)[:, None] * batch_size + index * per + np.arange(per)[None]).ravel()
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -104,10 +127,16 @@ def train_batches(
   epoch: int,
   aug: Augment = Augment(),
   resolution: int | None = None,
+  host: tuple[int, int] = (0, 1),
 ) -> grain.MapDataset:
   """One epoch of shuffled, augmented, full batches (the last partial batch is dropped).
 
-  ``len(result)`` is the number of steps; ``result[i]`` is batch ``i``.
+  ``batch_size`` is the global batch. ``host=(index, count)`` keeps this
+  host's rows of each batch (:func:`host_positions`): the shuffle and each
+  example's augmentation are those of the one-host run, so a run on several
+  hosts reads the same data as one host with all the devices; only CutMix
+  pairs images within a host's share. ``len(result)`` is the number of steps;
+  ``result[i]`` is (this host's part of) batch ``i``.
   """
   indices = np.arange(len(source)) if indices is None else indices
   if len(indices) < batch_size:
@@ -116,14 +145,18 @@ def train_batches(
   crop = _crop_fn(aug)
   # A seeded permutation per epoch (cheaper per element than grain's index shuffle).
   order = np.random.default_rng(epoch_seed(seed, epoch, 0)).permutation(np.asarray(indices))
-  data = (
+  examples = (
     grain.MapDataset.source(Subset(source, order, lambda r: ds.decode(r, resolution)))
     .random_map(
       lambda ex, rng: {**ex, "images": crop(ex["images"], rng)}, seed=epoch_seed(seed, epoch, 1)
     )
     .map(_with_target(k))
-    .batch(batch_size, drop_remainder=True, batch_fn=_stack)
   )
+  if host[1] > 1:
+    positions = host_positions(len(order) // batch_size, batch_size, host)
+    examples = grain.MapDataset.source(_Pick(examples, positions))
+    batch_size //= host[1]
+  data = examples.batch(batch_size, drop_remainder=True, batch_fn=_stack)
   if aug.cutmix_beta > 0:
 
     def mix(batch, rng):
