@@ -59,6 +59,7 @@ def search(
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   on_checkpoint = on_checkpoint or (lambda: None)
+  progress = progress and distributed.is_primary()  # one progress bar per job
   ds = dataset.load(data_dir)
   config = fit_config(config, ds)
   spec = netspec.spec_from_config(config.model, phase="search")

@@ -305,6 +305,7 @@ def train(
     )
   # SIGTERM is caught from here on; config.json, written next, tells a test so.
   preemption = distributed.Preemption()
+  progress = progress and distributed.is_primary()  # one progress bar per job
   if distributed.is_primary():
     (workdir / "config.json").write_text(config.to_json(indent=2))
     if geno is not None:

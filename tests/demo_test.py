@@ -2,6 +2,8 @@
 evaluate, Grad-CAM and predict from raw specimen folders."""
 
 import json
+import logging
+import re
 
 import ml_collections
 import numpy as np
@@ -13,11 +15,13 @@ from dlsjax.configs import get_config
 
 
 @pytest.mark.heavy
-def test_tiny_demo_pipeline_then_resume_runs_gradcam_predict(tmp_path_factory, tmp_path, capsys):
+def test_tiny_demo_pipeline_then_resume_runs_gradcam_predict(
+  tmp_path_factory, tmp_path, capsys, caplog
+):
   w = tmp_path_factory.mktemp("demo")
   cli("demo", "--config", "demo:tiny", "--workdir", str(w))
   check_report(w)
-  check_train_resume_and_runs(w, tmp_path)
+  check_train_resume_and_runs(w, tmp_path, caplog)
   check_gradcam_and_predict(w, tmp_path, capsys)
   check_experiment_table3_and_a_baseline(w, tmp_path, capsys)
 
@@ -70,7 +74,7 @@ def check_report(w):
   assert set(seconds) >= {"search", "derive (MPDS)", "train", "evaluate"}
 
 
-def check_train_resume_and_runs(w, tmp_path):
+def check_train_resume_and_runs(w, tmp_path, caplog):
   """Stopped mid-epoch and resumed (under shard_map) == the demo's uninterrupted pmap run
   (4 CPU devices, conftest); two runs -> mean +- std."""
   config = get_config("demo", "tiny")
@@ -82,7 +86,14 @@ def check_train_resume_and_runs(w, tmp_path):
     train.train(config, geno, data, t, runs=2, progress=False)
   # The rest of run 0 and run 1 under shard_map: must equal the demo's pmap run.
   config.train.parallel = "shard_map"
-  train.train(config, geno, data, t, runs=2, resume=True, progress=False)
+  with caplog.at_level(logging.INFO, logger="dlsjax.train"):
+    train.train(config, geno, data, t, runs=2, resume=True, progress=False)
+  # Run 0 resumed after its first step (not from step 0) and ran the rest; run 1 started fresh.
+  assert re.search(r"run0: resuming at epoch 1, batch 1 \(step 1\)", caplog.text)
+  ran = [
+    int(n) for n in re.findall(r"ran (\d+) steps in this call \(from step (?:0|1)\)", caplog.text)
+  ]
+  assert len(ran) == 2 and ran[0] == ran[1] - 1, caplog.text
   demo_run = train.load(w / "train")
   resumed = train.load(t)
   assert len(resumed.variables) == 2

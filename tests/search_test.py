@@ -103,7 +103,12 @@ def check_kill_and_resume_matches_uninterrupted_run(data_dir, full, tmp_path):
   # Without --resume the workdir is protected.
   with pytest.raises(SystemExit, match="pass --resume"):
     in_process(command(data_dir, killed))
-  run(command(data_dir, killed, "--resume"))
+  last = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert last % 5, f"killed at an epoch end (step {last}); the test wants mid-epoch"
+  out = run(command(data_dir, killed, "--resume"))
+  # It resumed from that checkpoint (not from step 0) and ran the remaining steps.
+  assert f"resuming at epoch 1, batch {last} (step {last})" in out.stderr
+  assert f"ran {10 - last} steps in this call (from step {last})" in out.stderr
 
   a, b = np.load(full / "alphas.npz"), np.load(killed / "alphas.npz")
   for part in a.files:
