@@ -1,40 +1,22 @@
 #!/usr/bin/env bash
-# Create a Cloud TPU VM (single host or pod slice), install dlsjax on every
-# worker and run the search on all workers at once. Not runnable offline; needs
-# gcloud authenticated for PROJECT. Usage:
+# The paper's search on a Cloud TPU VM (one host or a pod slice), data and run in a bucket:
 #
-#   PROJECT=my-proj ZONE=us-central2-b TPU=dlsjax-v4 ACCELERATOR=v4-32 \
-#   REPO=https://github.com/ORG/dlsjax.git DATA=/mnt/shared/glioma_built \
-#   WORKDIR=/mnt/shared/runs/search1 launch/tpu_vm_search.sh [--set key=value ...]
+#   PROJECT=my-proj ZONE=us-central2-b TPU=dlsjax-v4 ACCELERATOR=v4-32 BUCKET=gs://my-bucket/dlsjax \
+#   launch/tpu_vm_search.sh [--set key=value ...]
 #
-# Every worker runs the same command; dlsjax calls jax.distributed.initialize()
-# when the environment describes a multi-host slice (search.distributed=auto),
-# each host reads its own shard of the data (pipeline.host_shard) and gradients
-# are averaged over all chips. DATA and WORKDIR are local paths that every
-# worker must see (a shared mount such as Filestore/NFS; DATA may instead be
-# copied to the same path on each worker). gs:// paths are not supported yet.
-set -euo pipefail
-: "${PROJECT:?}" "${ZONE:?}" "${TPU:?}" "${REPO:?}" "${DATA:?}" "${WORKDIR:?}"
-ACCELERATOR="${ACCELERATOR:-v4-8}"
-VERSION="${VERSION:-tpu-ubuntu2204-base}"
+# Creates the VM if needed, installs dlsjax with jax[tpu] on every worker, runs
+# `dlsjax search --resume` on all workers (one process per host), then derives the
+# architecture with MPDS on worker 0. DATA (default $BUCKET/data/built, from `dlsjax data
+# build --data-dir gs://...`) and RUN (default $BUCKET/runs/search) may be set. Rerunning the
+# script after a preemption (exit code 75) or a lost VM resumes at the saved step.
+# DRY_RUN=1 prints the gcloud commands instead of running them.
+source "$(dirname "$0")/tpu_vm_common.sh"
 CONFIG="${CONFIG:-paper}"
-EXTRA_ARGS=("$@")
+DATA="${DATA:-$BUCKET/data/built}"
+RUN="${RUN:-$BUCKET/runs/search}"
 
-if ! gcloud compute tpus tpu-vm describe "$TPU" --project "$PROJECT" --zone "$ZONE" >/dev/null 2>&1; then
-  gcloud compute tpus tpu-vm create "$TPU" --project "$PROJECT" --zone "$ZONE" \
-    --accelerator-type "$ACCELERATOR" --version "$VERSION"
-fi
-
-ssh_all() {
-  gcloud compute tpus tpu-vm ssh "$TPU" --project "$PROJECT" --zone "$ZONE" --worker=all \
-    --command "$1"
-}
-
-ssh_all "set -e; test -d dlsjax || git clone $REPO dlsjax; cd dlsjax && git pull --ff-only \
-  && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
-  && .venv/bin/pip install -q -e . 'jax[tpu]'"
-
-quoted=""
-for a in "${EXTRA_ARGS[@]}"; do quoted+=" $(printf '%q' "$a")"; done
-ssh_all "cd dlsjax && .venv/bin/dlsjax search --config $CONFIG --data-dir $DATA \
-  --workdir $WORKDIR --resume --set search.distributed=auto$quoted"
+create_vm
+install_all
+dlsjax_all search --config "$CONFIG" --data-dir "$DATA" --workdir "$RUN" --resume "$@"
+dlsjax_worker0 derive --workdir "$RUN"
+echo "# genotype: $RUN/genotype.json; train it with launch/tpu_vm_train.sh" >&2
