@@ -60,7 +60,16 @@ def _cluster_environment() -> bool:
     "JAX_COORDINATOR_ADDRESS" in env
     or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
     or "MEGASCALE_COORDINATOR_ADDRESS" in env
+    or _count(env.get("SLURM_NTASKS")) > 1
+    or _count(env.get("OMPI_COMM_WORLD_SIZE")) > 1
   )
+
+
+def _count(raw: str | None) -> int:
+  try:
+    return int(raw or 1)
+  except ValueError:
+    return 1
 
 
 def initialize(

@@ -52,6 +52,8 @@ class Layout:
     if self.mode == "pmap":
       return self._stack(tree)
     replicated = NamedSharding(self.mesh, P())
+    if not self.multiprocess:
+      return jax.device_put(tree, replicated)
     return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), tree
     )
@@ -67,6 +69,8 @@ class Layout:
     """The step's state -> one host copy (numpy)."""
     if self.mode == "pmap":
       return jax.tree.map(first_replica, tree)
+    if not self.multiprocess:
+      return jax.tree.map(np.asarray, tree)
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def shard_batch(self, batch):
@@ -83,6 +87,8 @@ class Layout:
       batch = jax.tree.map(lambda x: x.reshape(self.n, -1, *x.shape[1:]), batch)
       return jax.device_put(batch, self._stacked)
     rows = NamedSharding(self.mesh, P(AXIS))
+    if not self.multiprocess:
+      return jax.device_put(batch, rows)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(rows, x), batch)
 
 
