@@ -59,10 +59,10 @@ def derived_param_name(edge: int) -> str:
   return f"edge{edge}"
 
 
-def drop_path_mask(rng, keep_prob, shape):
-  """Per-sample DropPath multiplier: Bernoulli(keep) / keep."""
+def drop_path_mask(rng, keep_prob, shape, dtype=jnp.float32):
+  """Per-sample DropPath multiplier: Bernoulli(keep) / keep, in ``dtype``."""
   keep = jax.random.bernoulli(rng, keep_prob, shape)
-  return keep.astype(jnp.float32) / keep_prob
+  return (keep.astype(jnp.float32) / keep_prob).astype(dtype)
 
 
 def per_slot(coef_JB, layout: str):
@@ -226,7 +226,7 @@ class MixedDAG(nn.Module):
     coef_SJBK = jnp.broadcast_to(w_SJK[:, :, None, :], (*w_SJK.shape[:2], batch, K))
     if self.drop_path:
       drop_BEK = drop_path_mask(
-        self.make_rng("dropout"), 1.0 - drop_prob, (batch, topo.num_edges, K)
+        self.make_rng("dropout"), 1.0 - drop_prob, (batch, topo.num_edges, K), weights_EK.dtype
       )
       drop_SJBK = jnp.transpose(drop_BEK[:, safe, :], (1, 2, 0, 3))
     x_in = jnp.stack([to_layout(x, "NHWC", layout) for x in inputs])  # [n_in, *node]
@@ -411,7 +411,7 @@ class DerivedDAG(nn.Module):
         op = ops.get_op(name)
         y = OpCall(name, self.C, stride, self.ctx, name=derived_param_name(e))(nodes[source])
         if self.drop_path and not (op.identity_at_stride1 and stride == 1):
-          keep = drop_path_mask(self.make_rng("dropout"), 1.0 - drop_prob, (y.shape[0],))
+          keep = drop_path_mask(self.make_rng("dropout"), 1.0 - drop_prob, (y.shape[0],), y.dtype)
           y = y * keep[:, None, None, None]
         parts.append(y)
       if not parts:

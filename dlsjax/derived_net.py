@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dlsjax import layers
+from dlsjax import layers, precision
 from dlsjax.cells import edge_params_from_search
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network
@@ -75,12 +76,16 @@ def apply(
   """Returns ``(logits, batch_stats, aux_logits or None)``."""
   update = train if update_stats is None else update_stats
   mutable = ["batch_stats", "intermediates"] if update else ["intermediates"]
+  spec = getattr(model, "spec", None)  # a baseline CNN has none: float32
+  dtype = precision.compute_dtype(spec.dtype if spec is not None else "float32")
+  cast = {"params": precision.cast(variables["params"], dtype)}
   logits, state = model.apply(
-    variables, images, train=train, drop_prob=drop_prob, rngs=rngs, mutable=mutable
-  )
+    {**variables, **cast}, precision.cast(images, dtype), train=train, drop_prob=drop_prob,
+    rngs=rngs, mutable=mutable,
+  )  # fmt: skip
   inter = state.get("intermediates", {})
-  aux = inter["aux_logits"][0] if "aux_logits" in inter else None
-  return logits, state.get("batch_stats", variables["batch_stats"]), aux
+  aux = inter["aux_logits"][0].astype(jnp.float32) if "aux_logits" in inter else None
+  return logits.astype(jnp.float32), state.get("batch_stats", variables["batch_stats"]), aux
 
 
 def variables_from_search(

@@ -103,9 +103,10 @@ class BatchNorm(nn.Module):
     axes = (0, 1, 2) if c_axis == -1 else (1, 2, 3)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-    if ctx.train:
-      mean = jnp.mean(x, axis=axes)
-      mean_sq = jnp.mean(jnp.square(x), axis=axes)
+    if ctx.train:  # statistics in float32 whatever the compute dtype (dlsjax.precision)
+      xf = x.astype(jnp.float32)
+      mean = jnp.mean(xf, axis=axes)
+      mean_sq = jnp.mean(jnp.square(xf), axis=axes)
       if ctx.bn_axis_name is not None:
         mean, mean_sq = lax.pmean((mean, mean_sq), ctx.bn_axis_name)
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
@@ -117,11 +118,12 @@ class BatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     shape = (c,) if c_axis == -1 else (c, 1, 1, 1)
     inv = lax.rsqrt(var + ctx.bn_eps)
+    mean, inv = mean.astype(x.dtype), inv.astype(x.dtype)
     y = (x - mean.reshape(shape)) * inv.reshape(shape)
     if ctx.affine:
       scale = param(self, "scale", nn.initializers.ones, (c,), jnp.float32)
       bias = param(self, "bias", nn.initializers.zeros, (c,), jnp.float32)
-      y = y * scale.reshape(shape) + bias.reshape(shape)
+      y = y * scale.astype(x.dtype).reshape(shape) + bias.astype(x.dtype).reshape(shape)
     return y
 
 
@@ -282,7 +284,9 @@ def depthwise_toeplitz_raw(
   rows = jnp.stack(
     [xc[:, :, i * dilation : i * dilation + span : stride] for i in range(k)], axis=3
   ).reshape(c, b * h_out, k * w)
-  banded = jnp.einsum("ijc,jwv->ciwv", kernel_HW1C[:, :, 0, :], taps).reshape(c, k * w, -1)
+  banded = jnp.einsum(
+    "ijc,jwv->ciwv", kernel_HW1C[:, :, 0, :], taps.astype(kernel_HW1C.dtype)
+  ).reshape(c, k * w, -1)
   y = lax.dot_general(rows, banded, (((2,), (1,)), ((0,), (0,))))
   return to_layout(y.reshape(c, b, h_out, -1), "CNHW", layout)
 

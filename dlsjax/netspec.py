@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from dlsjax import ops
+from dlsjax import ops, precision
 from dlsjax.topology import Topology
 
 STEM_KINDS = ("learnable", "concat", "identity")
@@ -112,6 +112,9 @@ class NetworkSpec:
       1x1 preprocessing past its end whose result is dropped, three for a
       stretch of three or more cells). The derived network is unaffected.
       Config ``model.share_cell_bodies``.
+    dtype: compute dtype, ``float32`` or ``bfloat16`` (``dlsjax.precision``):
+      parameters, alphas, optimiser states and BatchNorm statistics stay
+      float32 either way. Config ``model.dtype``.
   """
 
   modalities: tuple[Modality, ...]
@@ -134,10 +137,12 @@ class NetworkSpec:
   dag_schedule: str = "auto"
   dag_split_inputs: bool = False
   share_cell_bodies: bool = True
+  dtype: str = "float32"
 
   def __post_init__(self):
     if not self.modalities:
       raise ValueError("NetworkSpec.modalities is empty")
+    precision.compute_dtype(self.dtype)  # a clear error for an unknown name
     names = [m.name for m in self.modalities]
     if len(set(names)) != len(names):
       raise ValueError(f"NetworkSpec.modalities has duplicate names: {names}")
@@ -338,4 +343,5 @@ def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
     dag_layout=m.get("dag_layout", "auto"),
     dag_schedule=m.get("dag_schedule", "auto"),
     share_cell_bodies=bool(m.get("share_cell_bodies", True)),
+    dtype=str(m.get("dtype", "float32")),
   )

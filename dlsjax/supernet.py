@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlsjax import layers
+from dlsjax import layers, precision
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network, mixing_weights
 
@@ -119,10 +119,20 @@ def apply(
   """
   update = train if update_stats is None else update_stats
   model = make_supernet(spec, bn_axis_name=bn_axis_name)
-  v = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  dtype = precision.compute_dtype(spec.dtype)  # model.dtype: bfloat16 computes in bfloat16
+  v = {
+    "params": precision.cast(variables["params"], dtype),
+    "batch_stats": variables["batch_stats"],
+  }
+  images, alphas, masks = precision.cast((images, alphas, masks), dtype)
+  stem_features = precision.cast(stem_features, dtype)
   kw = dict(train=train, drop_prob=drop_prob, rngs=rngs, stage=stage, stem_features=stem_features)
   if update:
     logits, new = model.apply(v, images, alphas, masks, mutable=["batch_stats"], **kw)
-    return logits, new["batch_stats"]
+    return _f32(logits), new["batch_stats"]
   logits = model.apply(v, images, alphas, masks, **kw)
-  return logits, variables["batch_stats"]
+  return _f32(logits), variables["batch_stats"]
+
+
+def _f32(tree):
+  return jax.tree.map(lambda x: x.astype(jnp.float32), tree)

@@ -57,6 +57,9 @@ def paper_model() -> ml_collections.ConfigDict:
   # XLA compiles one DAG body per run of normal cells instead of one per cell.
   # Same values; DropPath draws other masks (netspec.py, RESULTS.md).
   m.share_cell_bodies = True
+  # Compute dtype: float32 | bfloat16 (parameters, alphas, optimiser states and BN
+  # statistics stay float32; dlsjax/precision.py).
+  m.dtype = "float32"
   # Only used by layout == "darts".
   m.layers_search = 8
   m.layers_train = 20
