@@ -36,6 +36,7 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, default=16, help="validation batch (paper search: 16)")
   ap.add_argument("--chunk", type=int, default=0, help="candidates per vmapped call (0: an edge's)")
   ap.add_argument("--only", choices=["vmapped", "loop"], help="run one side (no comparison)")
+  ap.add_argument("--ops", help="model.op_set, comma-separated (default: the paper's 10)")
   ap.add_argument(
     "--log", help="write the first side's decisions (derivation log) to this JSON file"
   )
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
   cfg = get_config("paper")
   cfg.model.c_sin_search = args.c_sin
   cfg.model.resolution = args.resolution
+  if args.ops:
+    cfg.model.op_set = args.ops
   spec = netspec.spec_from_config(cfg.model, phase="search")
   variables = supernet.init(spec, jax.random.PRNGKey(0))
   alphas = jax.tree.map(lambda a: a * 1000.0, supernet.init_alphas(spec, jax.random.PRNGKey(1)))

@@ -50,7 +50,7 @@ def _progress(name: str, **fields) -> None:
   print(json.dumps({"name": name, "partial": True, **fields}), file=sys.stderr, flush=True)
 
 
-def measure(name: str, steps: int, batch: int | None, overrides=()) -> dict:
+def measure(name: str, steps: int, batch: int | None, overrides=(), seeds: int = 0) -> dict:
   import jax
   import numpy as np
 
@@ -65,25 +65,35 @@ def measure(name: str, steps: int, batch: int | None, overrides=()) -> dict:
   b = batch or cfg.search.batch_size
   h = bilevel.SearchHParams.from_config(cfg.search, steps_per_epoch=1000)
   h = bilevel.SearchHParams(**{**h.__dict__, "order": order})
-  runner = sharding.Runner(bilevel.make_search_step(spec, h), mode="pmap")
+  step = bilevel.make_search_step(spec, h)
+  if seeds:  # `dlsjax search --seeds N`: one vmapped step over N states and batches
+    step = jax.vmap(step, in_axes=(0, 1, 1, 0))
+  runner = sharding.Runner(step, mode="pmap")
   rng = np.random.default_rng(0)
+  n = max(seeds, 1)
 
   def make_batch():
     r = spec.resolution
-    labels = rng.integers(0, spec.num_classes, b)
+    lead = (b, seeds) if seeds else (b,)
+    labels = rng.integers(0, spec.num_classes, lead)
     return runner.shard_batch(
       {
-        "images": {m.name: rng.random((b, r, r, m.channels), np.float32) for m in spec.modalities},
+        "images": {
+          m.name: rng.random((*lead, r, r, m.channels), np.float32) for m in spec.modalities
+        },
         "label": labels.astype(np.int32),
         "target": np.eye(spec.num_classes, dtype=np.float32)[labels],
       }
     )
 
   t0 = time.perf_counter()
-  state = runner.replicate(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
+  states = [bilevel.init_state(spec, h, jax.random.PRNGKey(k)) for k in range(n)]
+  stack = lambda xs: jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *xs)  # noqa: E731
+  state = runner.replicate(stack(states) if seeds else states[0])
   init_s = time.perf_counter() - t0
   _progress(name, init_s=round(init_s, 1))
-  tb, vb, key = make_batch(), make_batch(), jax.random.PRNGKey(1)
+  keys = [jax.random.PRNGKey(k + 1) for k in range(n)]
+  tb, vb, key = make_batch(), make_batch(), stack(keys) if seeds else keys[0]
   t0 = time.perf_counter()
   state, m = runner(state, tb, vb, key)  # compile + first step
   jax.block_until_ready(m)
@@ -96,7 +106,8 @@ def measure(name: str, steps: int, batch: int | None, overrides=()) -> dict:
   step_s = (time.perf_counter() - t0) / steps
   return {
     "name": name,
-    "images_per_s": round(b / step_s, 3),
+    "seeds": n,
+    "images_per_s": round(n * b / step_s, 3),
     "step_s": round(step_s, 2),
     "compile_s": round(first_s - step_s, 1),
     "init_s": round(init_s, 1),
@@ -117,16 +128,22 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, help="global batch (default: the config's)")
   ap.add_argument("--cpu-devices", type=int, help="XLA host devices (CPU data parallelism)")
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+  ap.add_argument(
+    "--seeds", type=int, default=0,
+    help="N searches as one vmapped step (search --seeds N); images/s counts all of them",
+  )  # fmt: skip
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   names = [args.only] if args.only else list(MEASUREMENTS)
   if args.inline:
-    print(json.dumps(measure(names[0], args.steps, args.batch, args.set)), flush=True)
+    print(json.dumps(measure(names[0], args.steps, args.batch, args.set, args.seeds)), flush=True)
     return 0
   for name in names:  # one process each: peak RSS and compile caches are per measurement
     cmd = [sys.executable, __file__, "--inline", "--only", name, "--steps", str(args.steps)]
     if args.batch:
       cmd += ["--batch", str(args.batch)]
+    if args.seeds:
+      cmd += ["--seeds", str(args.seeds)]
     for kv in args.set:
       cmd += ["--set", kv]
     env = dict(os.environ)

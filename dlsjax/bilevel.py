@@ -260,6 +260,18 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
   return first if h.order == "first" else second
 
 
+def vmap_invariant_key(key):
+  """``key`` as a threefry key, whose draws are the same under ``jax.vmap`` (``search --seeds``).
+
+  The process-wide PRNG is ``rbg`` (``runtime.setup``: it compiles parameter
+  inits much faster); its split and fold-in are threefry-based, but its random
+  bits come from ``lax.rng_bit_generator``, whose draws differ when vmapped over
+  keys. The few DropPath draws of a step are made with threefry instead.
+  """
+  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  return jax.random.wrap_key_data(data.reshape(-1)[:2], impl="threefry2x32")
+
+
 def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
   """``step(state, train_batch, val_batch, rng) -> (state, metrics)`` for one device.
 
@@ -279,7 +291,7 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     rng = jax.random.fold_in(rng, state["step"])
     if axis_name:  # each device draws its own DropPath masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    return jax.random.split(rng)
+    return tuple(vmap_invariant_key(k) for k in jax.random.split(rng))
 
   def finish(state, params, alphas, stats, opt_w, opt_a, train, val, g_norms):
     """New state and metrics; ``train``/``val`` are ``(loss, logits, labels)``."""

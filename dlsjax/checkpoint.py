@@ -75,16 +75,13 @@ class Checkpoints:
     )
     return out["state"], out["meta"]
 
-  def resume(self, state, seed: int, sum_keys, *, config=None):
-    """``(state, epoch, batch, sums)`` of the latest checkpoint, or of a fresh start.
+  def check_resumable(self, seed: int, config=None) -> None:
+    """Refuse the latest checkpoint if it is of another seed, job shape or ``config``.
 
-    A run's checkpoints carry ``epoch``, ``batch`` (position in the epoch),
-    ``sums`` (running metric sums of the epoch), ``seed`` and
-    :func:`run_identity` in their metadata; a checkpoint of another seed, job
-    shape or ``config`` is an error (naming what differs), not a silent restart.
+    Reads the metadata only, so a run can call it before compiling anything.
     """
     if self.latest_step() is None:
-      return state, 0, 0, dict.fromkeys(sum_keys, 0.0)
+      return
     meta = self.meta()
     if meta.get("seed") != seed:
       raise ValueError(f"{self.directory}: checkpoint has seed {meta.get('seed')}, this run {seed}")
@@ -97,6 +94,18 @@ class Checkpoints:
           + "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
           + "). Resume with the same settings, or start a new --workdir."
         )
+
+  def resume(self, state, seed: int, sum_keys, *, config=None):
+    """``(state, epoch, batch, sums)`` of the latest checkpoint, or of a fresh start.
+
+    A run's checkpoints carry ``epoch``, ``batch`` (position in the epoch),
+    ``sums`` (running metric sums of the epoch), ``seed`` and
+    :func:`run_identity` in their metadata; a checkpoint of another seed, job
+    shape or ``config`` is an error (naming what differs), not a silent restart.
+    """
+    if self.latest_step() is None:
+      return state, 0, 0, dict.fromkeys(sum_keys, 0.0)
+    self.check_resumable(seed, config)
     state, meta = self.restore(state)
     return state, meta["epoch"], meta["batch"], meta["sums"]
 

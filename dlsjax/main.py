@@ -186,12 +186,16 @@ def cmd_search(args) -> int:
   try:
     with staged_workdir(args) as wd:
       search.search(
-        cfg, args.data_dir, wd.local, resume=args.resume, stop_after=args.stop_after,
-        on_checkpoint=wd.push,
+        cfg, args.data_dir, wd.local, seeds=args.seeds, resume=args.resume,
+        stop_after=args.stop_after, on_checkpoint=wd.push,
       )  # fmt: skip
   except (DataError, search.SearchError) as e:
     raise SystemExit(f"search: {e}") from None
-  print(f"search finished: {args.workdir}/alphas.png, {args.workdir}/genotype_argmax.json")
+  runs = (
+    [args.workdir] if args.seeds is None else [f"{args.workdir}/seed{k}" for k in range(args.seeds)]
+  )
+  for w in runs:
+    print(f"search finished: {w}/alphas.png, {w}/genotype_argmax.json")
   return 0
 
 
@@ -441,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, metrics, figures)")
   p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
+  p.add_argument(
+    "--seeds", type=int,
+    help="N searches (seeds 0..N-1) as one vmapped program; WORKDIR/seed{k} as a --set seed=k run",
+  )  # fmt: skip
   p.add_argument("--model", choices=["dls_darts", "mmnas"], help="search space preset (models.py)")
   _add_set(p)
   _add_distributed(p)

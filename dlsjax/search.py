@@ -37,11 +37,40 @@ class SearchError(RuntimeError):
   """A search that cannot start or continue (the message says why and what to do)."""
 
 
+class _SeedRun:
+  """One search of a (possibly vmapped) job: its seed, folder, data halves and checkpoints."""
+
+  def __init__(self, config, seed: int, workdir: pathlib.Path, n_train: int):
+    self.seed, self.workdir = seed, workdir
+    self.config = config.copy_and_resolve_references()
+    self.config.seed = seed
+    self.w_idx, self.a_idx = pipeline.search_halves(n_train, seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.ckpt = checkpoint.Checkpoints(workdir / "checkpoints")
+    self.sums = dict.fromkeys(METRIC_KEYS, 0.0)
+    self.writer = None
+
+  def batches(self, ds, src, epoch, start, *, batch_size, aug, shard):
+    wb = pipeline.train_batches(
+      ds, src, self.w_idx, batch_size=batch_size, seed=self.seed, epoch=epoch, aug=aug, host=shard
+    )
+    ab = pipeline.train_batches(
+      ds, src, self.a_idx, batch_size=batch_size, seed=self.seed + 7919, epoch=epoch, aug=aug,
+      host=shard,
+    )  # fmt: skip
+    return pipeline.iterate(wb, start=start), pipeline.iterate(ab, start=start)
+
+
+def _stack(trees, axis: int = 0):
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs], axis=axis), *trees)
+
+
 def search(
   config,
   data_dir,
   workdir,
   *,
+  seeds: int | None = None,
   resume: bool = False,
   progress: bool = True,
   stop_after: int | None = None,
@@ -49,6 +78,10 @@ def search(
 ) -> dict:
   """Run (or resume) the search; returns the final state on the host.
 
+  ``seeds=N`` runs the searches of seeds ``0..N-1`` as one ``jax.vmap`` over
+  their states and data (one compiled step, one process): ``workdir/seed{k}``
+  holds what ``search`` with ``config.seed = k`` and ``workdir=workdir/seed{k}``
+  writes alone, and the returned state has a leading seed axis.
   ``stop_after`` ends the run after that many steps in this call (for tests
   and benchmarks; a later ``resume`` continues). ``on_checkpoint()`` is called
   after every checkpoint and at the end (``paths.StagedDir.push`` uploads a
@@ -60,18 +93,24 @@ def search(
   workdir.mkdir(parents=True, exist_ok=True)
   on_checkpoint = on_checkpoint or (lambda: None)
   progress = progress and distributed.is_primary()  # one progress bar per job
+  if seeds is not None and seeds < 1:
+    raise SearchError(f"--seeds must be >= 1, got {seeds}")
   ds = dataset.load(data_dir)
   config = fit_config(config, ds)
   spec = netspec.spec_from_config(config.model, phase="search")
-  seed = int(config.seed)
   sc = config.search
 
   src = ds.source("train")
-  w_idx, a_idx = pipeline.search_halves(len(src), seed)
+  if seeds is None:
+    runs = [_SeedRun(config, int(config.seed), workdir, len(src))]
+  else:
+    runs = [_SeedRun(config, k, workdir / f"seed{k}", len(src)) for k in range(seeds)]
+  vmapped = seeds is not None
   n_proc, proc = jax.process_count(), jax.process_index()
   if sc.batch_size % n_proc:
     raise SearchError(f"search.batch_size {sc.batch_size} does not split over {n_proc} processes")
   host_batch = sc.batch_size // n_proc
+  w_idx, a_idx = runs[0].w_idx, runs[0].a_idx  # every seed's halves have these sizes
   steps_per_epoch = min(len(w_idx), len(a_idx)) // sc.batch_size
   if steps_per_epoch < 1:
     raise SearchError(
@@ -80,71 +119,95 @@ def search(
     )
   h = bilevel.SearchHParams.from_config(sc, steps_per_epoch)
   aug = pipeline.Augment.from_config(sc)  # crop and flips; no CutMix in the search
-  runner = sharding.Runner(bilevel.make_search_step(spec, h), mode=sc.get("parallel", "pmap"))
+  step = bilevel.make_search_step(spec, h)
+  if vmapped:  # state, rng: seed axis first; batches [B, seeds, ...] (B split over devices)
+    step = jax.vmap(step, in_axes=(0, 1, 1, 0))
+  runner = sharding.Runner(step, mode=sc.get("parallel", "pmap"))
   if host_batch % runner.n:
     raise SearchError(
       f"search.batch_size {sc.batch_size}: {host_batch} per process does not split over "
       f"{runner.n} local devices"
     )
 
-  ckpt = checkpoint.Checkpoints(workdir / "checkpoints")
-  if ckpt.latest_step() is not None and not resume:
-    raise SearchError(
-      f"{workdir}: has search checkpoints (step {ckpt.latest_step()}); pass --resume to "
-      "continue, or use a new --workdir"
-    )
-  state = bilevel.init_state(spec, h, jax.random.PRNGKey(seed))
-  had_checkpoint = ckpt.latest_step() is not None
-  try:
-    state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS, config=config)
-  except (ValueError, distributed.DistributedError) as e:
-    raise SearchError(str(e)) from None
-  if had_checkpoint:
-    log.info("resuming at epoch %d, batch %d (step %d)", epoch + 1, start, int(state["step"]))
-    if proc == 0 and checkpoint.trim_epoch_log(workdir / "metrics.jsonl", epoch):
-      log.info(
-        "metrics.jsonl: dropped the records after epoch %d (redone from the checkpoint)", epoch
+  for r in runs:  # before anything compiles: a refused resume fails at once
+    if r.ckpt.latest_step() is not None and not resume:
+      raise SearchError(
+        f"{r.workdir}: has search checkpoints (step {r.ckpt.latest_step()}); pass --resume to "
+        "continue, or use a new --workdir"
       )
-  elif resume:
-    log.info("%s: no checkpoint, starting a new search", workdir)
+    try:
+      r.ckpt.check_resumable(r.seed, r.config)
+    except (ValueError, distributed.DistributedError) as e:
+      raise SearchError(str(e)) from None
+  positions, states = [], []
+  for r in runs:
+    state = bilevel.init_state(spec, h, jax.random.PRNGKey(r.seed))
+    had_checkpoint = r.ckpt.latest_step() is not None
+    try:
+      state, epoch, start, r.sums = r.ckpt.resume(state, r.seed, METRIC_KEYS, config=r.config)
+    except (ValueError, distributed.DistributedError) as e:
+      raise SearchError(str(e)) from None
+    if had_checkpoint:
+      log.info("resuming at epoch %d, batch %d (step %d)", epoch + 1, start, int(state["step"]))
+      if proc == 0 and checkpoint.trim_epoch_log(r.workdir / "metrics.jsonl", epoch):
+        log.info(
+          "metrics.jsonl: dropped the records after epoch %d (redone from the checkpoint)", epoch
+        )
+    elif resume:
+      log.info("%s: no checkpoint, starting a new search", r.workdir)
+    positions.append((epoch, start))
+    states.append(state)
+  if len(set(positions)) > 1:
+    raise SearchError(
+      f"{workdir}: the seeds' checkpoints are at different positions "
+      f"({dict(zip((r.workdir.name for r in runs), positions, strict=True))}); resume each "
+      "seed alone (dlsjax search --set seed=K --workdir W/seedK --resume)"
+    )
+  epoch, start = positions[0]
   # SIGTERM is caught from here on; config.json, written next, tells a test so.
   preemption = distributed.Preemption()
   if proc == 0:
-    (workdir / "config.json").write_text(config.to_json(indent=2))
-    (workdir / "search_run.json").write_text(
-      json.dumps({"data_dir": dataset.describe_location(data_dir)})
-    )
+    for r in runs:
+      (r.workdir / "config.json").write_text(r.config.to_json(indent=2))
+      (r.workdir / "search_run.json").write_text(
+        json.dumps({"data_dir": dataset.describe_location(data_dir)})
+      )
+      r.writer = tblog.writer(r.workdir)
 
-  writer = tblog.writer(workdir) if proc == 0 else None
   every = int(sc.get("checkpoint_every_steps", 0) or 0)
-  dstate = runner.replicate(state)
-  rng = jax.random.PRNGKey(seed + 1)
+  rngs = [jax.random.PRNGKey(r.seed + 1) for r in runs]
+  if vmapped:
+    dstate, rng = runner.replicate(_stack(states)), _stack(rngs)
+  else:
+    dstate, rng = runner.replicate(states[0]), rngs[0]
   steps_done, first_step = 0, epoch * steps_per_epoch + start
 
-  def save(epoch_, batch_, sums_):
+  def per_seed(tree, k: int):
+    return jax.tree.map(lambda x: x[k], tree) if vmapped else tree
+
+  def save(epoch_, batch_):
     host = runner.unreplicate(dstate)
-    meta = {
-      "epoch": epoch_,
-      "batch": batch_,
-      "sums": sums_,
-      "seed": seed,
-      "step": int(host["step"]),
-      **checkpoint.run_identity(config),
-    }
-    ckpt.save(int(host["step"]), host, meta)
+    for k, r in enumerate(runs):
+      state_k = per_seed(host, k)
+      meta = {
+        "epoch": epoch_,
+        "batch": batch_,
+        "sums": r.sums,
+        "seed": r.seed,
+        "step": int(state_k["step"]),
+        **checkpoint.run_identity(r.config),
+      }
+      r.ckpt.save(int(state_k["step"]), state_k, meta)
     on_checkpoint()
     return host
 
   try:
     while epoch < h.epochs:
       shard = (proc, n_proc)
-      wb = pipeline.train_batches(
-        ds, src, w_idx, batch_size=sc.batch_size, seed=seed, epoch=epoch, aug=aug, host=shard
-      )
-      ab = pipeline.train_batches(
-        ds, src, a_idx, batch_size=sc.batch_size, seed=seed + 7919, epoch=epoch, aug=aug, host=shard
-      )
-      it_w, it_a = pipeline.iterate(wb, start=start), pipeline.iterate(ab, start=start)
+      iters = [
+        r.batches(ds, src, epoch, start, batch_size=sc.batch_size, aug=aug, shard=shard)
+        for r in runs
+      ]
       bar = range(start, steps_per_epoch)
       if progress:
         from tqdm import tqdm
@@ -154,66 +217,82 @@ def search(
         )
       t0 = time.perf_counter()
       for i in bar:
-        tb, vb = next(it_w), next(it_a)
+        pairs = [(next(it_w), next(it_a)) for it_w, it_a in iters]
+        if vmapped:
+          tb, vb = _stack([p[0] for p in pairs], axis=1), _stack([p[1] for p in pairs], axis=1)
+        else:
+          tb, vb = pairs[0]
         dstate, m = runner(dstate, runner.shard_batch(tb), runner.shard_batch(vb), rng)
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
-        if not all(math.isfinite(m[k]) for k in ("train_loss", "val_loss")):
-          raise SearchError(
-            f"non-finite loss at epoch {epoch + 1}, batch {i + 1} (global step "
-            f"{epoch * steps_per_epoch + i + 1}): train_loss={m['train_loss']}, "
-            f"val_loss={m['val_loss']}. The last good checkpoint (step {ckpt.latest_step()}) "
-            f"is kept in {ckpt.directory}; lower search.w_lr / search.alpha_lr or check the data."
-          )
-        for k in METRIC_KEYS:
-          sums[k] += m[k]
+        m = jax.device_get(m)
+        ms = [
+          {k: float(np.asarray(v).reshape(-1)[j]) for k, v in m.items()} for j in range(len(runs))
+        ]
+        for r, mk in zip(runs, ms, strict=True):
+          if not all(math.isfinite(mk[k]) for k in ("train_loss", "val_loss")):
+            raise SearchError(
+              f"{r.workdir}: non-finite loss at epoch {epoch + 1}, batch {i + 1} (global step "
+              f"{epoch * steps_per_epoch + i + 1}): train_loss={mk['train_loss']}, "
+              f"val_loss={mk['val_loss']}. The last good checkpoint (step "
+              f"{r.ckpt.latest_step()}) is kept in {r.ckpt.directory}; lower search.w_lr / "
+              "search.alpha_lr or check the data."
+            )
+          for k in METRIC_KEYS:
+            r.sums[k] += mk[k]
         if progress:
+          mean = {k: float(np.mean([mk[k] for mk in ms])) for k in METRIC_KEYS}
           bar.set_postfix(
-            loss=f"{m['train_loss']:.3f}", acc=f"{m['train_acc']:.2f}",
-            val_loss=f"{m['val_loss']:.3f}", val_acc=f"{m['val_acc']:.2f}",
+            loss=f"{mean['train_loss']:.3f}", acc=f"{mean['train_acc']:.2f}",
+            val_loss=f"{mean['val_loss']:.3f}", val_acc=f"{mean['val_acc']:.2f}",
           )  # fmt: skip
         steps_done += 1
         last_in_epoch = i + 1 == steps_per_epoch
         global_step = epoch * steps_per_epoch + i + 1
         if preemption.reached(global_step):
-          save(epoch, i + 1, sums)
-          raise distributed.Preempted("search", global_step, epoch, i + 1, ckpt.directory)
+          save(epoch, i + 1)
+          raise distributed.Preempted(
+            "search", global_step, epoch, i + 1, runs[0].ckpt.directory if not vmapped else workdir
+          )
         if every and global_step % every == 0 and not last_in_epoch:
-          save(epoch, i + 1, sums)
+          save(epoch, i + 1)
         if stop_after is not None and steps_done >= stop_after and not last_in_epoch:
           return runner.unreplicate(dstate)
       # End of epoch: record, checkpoint.
-      n = steps_per_epoch
-      record = {
-        "epoch": epoch + 1,
-        **{k: sums[k] / n for k in METRIC_KEYS},
-        "w_lr": m["w_lr"],
-        "seconds": time.perf_counter() - t0,
-        "alphas": {
-          p: w.round(5).tolist()
-          for p, w in genotype.softmax_weights(runner.unreplicate(dstate["alphas"])).items()
-        },
-      }
-      if proc == 0:
-        with (workdir / "metrics.jsonl").open("a") as f:
-          f.write(json.dumps(record) + "\n")
-        if writer is not None:
-          for k in (*METRIC_KEYS, "w_lr"):
-            writer.add_scalar(f"search/{k}", record[k], epoch + 1)
-          writer.flush()
-      epoch, start, sums = epoch + 1, 0, dict.fromkeys(METRIC_KEYS, 0.0)
-      host = save(epoch, 0, sums)
+      seconds = time.perf_counter() - t0
+      alphas = runner.unreplicate(dstate["alphas"])
+      for k, r in enumerate(runs):
+        record = {
+          "epoch": epoch + 1,
+          **{key: r.sums[key] / steps_per_epoch for key in METRIC_KEYS},
+          "w_lr": ms[k]["w_lr"],
+          "seconds": seconds,
+          "alphas": {
+            p: w.round(5).tolist() for p, w in genotype.softmax_weights(per_seed(alphas, k)).items()
+          },
+        }
+        if proc == 0:
+          with (r.workdir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+          if r.writer is not None:
+            for key in (*METRIC_KEYS, "w_lr"):
+              r.writer.add_scalar(f"search/{key}", record[key], epoch + 1)
+            r.writer.flush()
+        r.sums = dict.fromkeys(METRIC_KEYS, 0.0)
+      epoch, start = epoch + 1, 0
+      host = save(epoch, 0)
       if stop_after is not None and steps_done >= stop_after:
         return host
   finally:
     log.info("search: ran %d steps in this call (from step %d)", steps_done, first_step)
     preemption.close()
-    if writer is not None:
-      writer.close()
-    ckpt.close()
+    for r in runs:
+      if r.writer is not None:
+        r.writer.close()
+      r.ckpt.close()
 
   host = runner.unreplicate(dstate)
   if proc == 0:
-    write_outputs(workdir, spec, host["alphas"])
+    for k, r in enumerate(runs):
+      write_outputs(r.workdir, spec, per_seed(host["alphas"], k))
   on_checkpoint()
   return host
 

@@ -370,6 +370,11 @@ def _train_one(
     )
 
   ckpt = checkpoint.Checkpoints(run_dir / "checkpoints")
+  try:  # before anything compiles: a refused resume fails at once
+    ckpt.check_resumable(seed, config)
+  except (ValueError, distributed.DistributedError) as e:
+    ckpt.close()
+    raise TrainError(str(e)) from None
   best_ckpt = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1) if select != "last" else None
   steps_done, first_step = 0, 0
   try:
