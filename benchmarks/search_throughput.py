@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -132,8 +133,18 @@ def main(argv=None) -> int:
     "--seeds", type=int, default=0,
     help="N searches as one vmapped step (search --seeds N); images/s counts all of them",
   )  # fmt: skip
+  ap.add_argument(
+    "--vs-torch", action="store_true",
+    help="after each darts_cifar_* measurement, time the PyTorch reference "
+    "(darts_torch_reference.py, same order, batch, steps and threads) back to back and print "
+    "the ratio: every figure a same-host ratio",
+  )  # fmt: skip
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.vs_torch and not any(
+    n.startswith("darts_cifar") for n in ([args.only] if args.only else MEASUREMENTS)
+  ):
+    raise SystemExit("--vs-torch compares the darts_cifar_* steps (the PyTorch reference's)")
   names = [args.only] if args.only else list(MEASUREMENTS)
   if args.inline:
     print(json.dumps(measure(names[0], args.steps, args.batch, args.set, args.seeds)), flush=True)
@@ -154,9 +165,42 @@ def main(argv=None) -> int:
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode or not lines:
       print(json.dumps({"name": name, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)
-    else:
-      print(lines[-1], flush=True)
+      continue
+    print(lines[-1], flush=True)
+    if args.vs_torch and name.startswith("darts_cifar"):
+      print(json.dumps(vs_torch(json.loads(lines[-1]), env)), flush=True)
   return 0
+
+
+def vs_torch(ours: dict, env: dict) -> dict:
+  """The PyTorch reference of ``ours`` (a darts_cifar_* result) run now, and the ratio.
+
+  The reference gets as many threads as ours has host devices x intra-op
+  threads would use: all the cores (torch's default), on the same machine, in
+  the same minute.
+  """
+  order = "second" if "second" in ours["name"] else "first"
+  here = pathlib.Path(__file__).resolve().parent
+  cmd = [sys.executable, str(here / "darts_torch_reference.py"), "--order", order,
+         "--steps", str(ours["steps"]), "--batch", str(ours["batch"]), "--device", "cpu"
+         if ours["backend"] == "cpu" else "cuda"]  # fmt: skip
+  out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+  if out.returncode or not lines:
+    why = (out.stderr.strip().splitlines() or ["no output"])[-1]
+    if "No module named 'torch'" in out.stderr:
+      why = "PyTorch is not installed here (pip install torch==2.13.0: the CPU build on this disk)"
+    return {"name": f"{ours['name']}_vs_torch", "error": why}
+  ref = json.loads(lines[-1])
+  return {
+    "name": f"{ours['name']}_vs_torch",
+    "ratio": round(ours["images_per_s"] / ref["images_per_s"], 2),
+    "dlsjax_images_per_s": ours["images_per_s"],
+    "torch_images_per_s": ref["images_per_s"],
+    "torch": ref.get("torch"),
+    "batch": ours["batch"],
+    "steps": ours["steps"],
+  }
 
 
 if __name__ == "__main__":

@@ -160,9 +160,11 @@ def cmd_data(args) -> int:
 @contextlib.contextmanager
 def staged_workdir(args):
   """``args.workdir`` as a local folder (a mirror of a remote one, uploaded at the end)."""
-  from dlsjax import distributed, paths
+  import jax
 
-  wd = paths.StagedDir(args.workdir, primary=distributed.is_primary())
+  from dlsjax import paths
+
+  wd = paths.StagedDir(args.workdir, primary=jax.process_index() == 0, process=jax.process_index())
   yield wd
   wd.push()
 

@@ -95,7 +95,12 @@ def local(path, flag: str) -> pathlib.Path:
   tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:8]}")
   log.info("%s %s: downloading to %s", flag, uri, dest)
   _access(flag, uri, "be read", lambda: _download(src, tmp))
-  os.replace(tmp, dest)
+  try:
+    os.replace(tmp, dest)
+  except OSError:  # another process on this host finished the same download first
+    if not dest.exists():
+      raise
+    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
   return dest
 
 
@@ -135,14 +140,19 @@ class StagedDir:
   nothing for a local folder or on processes other than 0.
   """
 
-  def __init__(self, path, flag: str = "--workdir", *, pull: bool = True, primary: bool = True):
+  def __init__(
+    self, path, flag: str = "--workdir", *, pull: bool = True, primary: bool = True,
+    process: int = 0,
+  ):  # fmt: skip
     self.uri, self.flag, self.primary = str(path), flag, primary
     self.remote = epath.Path(self.uri) if is_remote(path) else None
     self._pushed: dict[str, tuple[int, int]] = {}
     if self.remote is None:
       self.local = pathlib.Path(path)
       return
-    self.local = _slot(self.uri, "workdirs")
+    # One mirror per process: processes of one job may share a host (and its staging folder).
+    slot = _slot(self.uri, "workdirs")
+    self.local = slot.with_name(f"{slot.name}-p{process}") if process else slot
     if self.local.exists():
       shutil.rmtree(self.local)  # the remote folder is the truth; a stale mirror is not
     self.local.mkdir(parents=True)
