@@ -91,3 +91,15 @@ def cli(*args):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   return out
+
+
+BREAST_SUBSET = Path(__file__).parent / "data" / "breastmnist_subset.npz"
+
+
+def built_breast_subset(root: Path, resolution: int = 8) -> Path:
+  """The BreastMNIST test subset (40/10/20 images) as a built dataset under ``root``."""
+  from dlsjax.data import builder, npz
+
+  npz.from_npz(BREAST_SUBSET, root / "folder", modality="US")
+  builder.build(root / "folder", root / "built", builder.BuildOptions(resolution=resolution))
+  return root / "built"

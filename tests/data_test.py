@@ -8,12 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import BREAST_SUBSET as BREAST
 from PIL import Image
 
 from dlsjax.data import builder, dataset, folder, npz, synth
 
 SMALL = builder.BuildOptions(resolution=16, test_patients=2)
-BREAST = pathlib.Path(__file__).parent / "data" / "breastmnist_subset.npz"
 
 
 @pytest.fixture(scope="module")

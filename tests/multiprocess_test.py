@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import built_breast_subset
 from genotype_test import random_choice
-from search_test import BREAST, TINY
+from search_test import TINY
 
 from dlsjax import distributed
-from dlsjax.data import builder, npz
 
 STEPS_PER_EPOCH, EPOCHS = 5, 2  # the TINY search on the BreastMNIST subset, batch 4
 TOTAL = STEPS_PER_EPOCH * EPOCHS
@@ -31,10 +31,7 @@ TOTAL = STEPS_PER_EPOCH * EPOCHS
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("mp_data")
-  npz.from_npz(BREAST, root / "folder", modality="US")
-  builder.build(root / "folder", root / "built", builder.BuildOptions(resolution=8))
-  return root / "built"
+  return built_breast_subset(tmp_path_factory.mktemp("mp_data"))
 
 
 def free_port() -> int:

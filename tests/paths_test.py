@@ -11,9 +11,10 @@ import re
 
 import numpy as np
 import pytest
+from conftest import BREAST_SUBSET as BREAST
 from etils import epath
 from fsspec.implementations.memory import MemoryFileSystem
-from search_test import BREAST, TINY
+from search_test import TINY
 
 from dlsjax import main, paths
 from dlsjax.data import builder, npz

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -10,10 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from conftest import built_breast_subset
 
-from dlsjax.data import builder, npz
-
-BREAST = pathlib.Path(__file__).parent / "data" / "breastmnist_subset.npz"
 # A cells-only supernet on one modality (BreastMNIST subset), small enough to
 # compile in seconds; the search loop, checkpoints and data order are what is tested.
 TINY = [
@@ -35,10 +32,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("search_data")
-  npz.from_npz(BREAST, root / "folder", modality="US")
-  builder.build(root / "folder", root / "built", builder.BuildOptions(resolution=8))
-  return root / "built"
+  return built_breast_subset(tmp_path_factory.mktemp("search_data"))
 
 
 def command(data_dir, workdir, *extra):
