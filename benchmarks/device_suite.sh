@@ -23,10 +23,10 @@ CARD=$($PY -c "import jax; print(jax.devices()[0].device_kind)" 2>/dev/null || e
 
 # Sizes: the real ones, or tiny ones for the CPU dry run (same commands, same code paths).
 if [ "$DRY" = 1 ]; then
-  SEARCH=(--steps 1 --batch 4 --set model.c_sin_search=4 --set model.resolution=16
-    --set model.op_set=none,skip_connect,sep_conv_3x3 --set model.k_r=1)
-  CANON=(--steps 1 --batch 4 --set model.darts_c_search=4 --set model.layers_search=3
-    --set model.op_set=none,skip_connect,sep_conv_3x3)
+  SMALL=(--set model.op_set=none,skip_connect,sep_conv_3x3 --set model.cell_inner_nodes=2)
+  SEARCH=(--steps 1 --batch 4 --set model.c_sin_search=4 --set model.resolution=16 --set model.k_r=1
+    --set model.stem_inner_nodes=1 "${SMALL[@]}")
+  CANON=(--steps 1 --batch 4 --set model.darts_c_search=4 --set model.layers_search=3 "${SMALL[@]}")
   INFER=(--batch 4 --batches 1 --set model.c_sin_train=8 --set model.resolution=16)
   MPDS=(--val-images 8 --c-sin 4 --resolution 16 --batch 4 --ops none,skip_connect,sep_conv_3x3)
   TORCH=(--steps 1 --batch 4)

@@ -84,8 +84,13 @@ def apply(
     rngs=rngs, mutable=mutable,
   )  # fmt: skip
   inter = state.get("intermediates", {})
-  aux = inter["aux_logits"][0].astype(jnp.float32) if "aux_logits" in inter else None
-  return logits.astype(jnp.float32), state.get("batch_stats", variables["batch_stats"]), aux
+  aux = _f32(inter["aux_logits"][0]) if "aux_logits" in inter else None
+  return _f32(logits), state.get("batch_stats", variables["batch_stats"]), aux
+
+
+def _f32(x):
+  """At least float32: bfloat16 logits back to float32, float64 ones kept."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def variables_from_search(

@@ -103,8 +103,8 @@ class BatchNorm(nn.Module):
     axes = (0, 1, 2) if c_axis == -1 else (1, 2, 3)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
-    if ctx.train:  # statistics in float32 whatever the compute dtype (dlsjax.precision)
-      xf = x.astype(jnp.float32)
+    if ctx.train:  # statistics in at least float32 whatever the compute dtype (dlsjax.precision)
+      xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       mean = jnp.mean(xf, axis=axes)
       mean_sq = jnp.mean(jnp.square(xf), axis=axes)
       if ctx.bn_axis_name is not None:

@@ -135,4 +135,5 @@ def apply(
 
 
 def _f32(tree):
-  return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+  """At least float32 (bfloat16 logits back to float32; float64 ones, in x64 tests, kept)."""
+  return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)

@@ -155,9 +155,29 @@ def check_derive_argmax_and_pt(full_run, tmp_path):
 
 @pytest.mark.heavy
 def test_vmapped_seeds_equal_the_single_runs(data_dir, tmp_path):
-  """``--seeds 2``: one vmapped program; W/seed1 = ``--set seed=1`` alone (alphas, records)."""
+  """``--seeds 2``: one vmapped program; W/seed1 = ``--set seed=1`` alone (alphas, records),
+  also after a SIGTERM and ``--resume``."""
   many, one = tmp_path / "many", tmp_path / "one"
-  out = run(command(data_dir, many, "--seeds", "2"))  # DropPath 0.2: the same masks too
+  # SIGTERM (one process) once the handler is in place: a checkpoint of step 1 in every seed
+  # folder, exit code 75; --resume continues both seeds from there.
+  proc = subprocess.Popen(
+    command(data_dir, many, "--seeds", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    text=True,
+  )  # fmt: skip
+  deadline = time.time() + 600
+  while not (many / "seed1" / "config.json").exists():
+    assert time.time() < deadline and proc.poll() is None, "the search ended early"
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 75, err[-2000:]
+  assert "preempted (SIGTERM); saved the checkpoint of step 1 (epoch 1, batch 1)" in err
+  for k in (0, 1):
+    assert [p.name for p in (many / f"seed{k}" / "checkpoints").iterdir() if p.name.isdigit()] == [
+      "1"
+    ]
+  out = run(command(data_dir, many, "--seeds", "2", "--resume"))  # DropPath 0.2 included
+  assert "ran 9 steps in this call (from step 1)" in out.stderr
   run(command(data_dir, one, "--set", "seed=1"))
   assert "seed1/genotype_argmax.json" in out.stdout
   for f in ("alphas.npz", "genotype_argmax.json", "config.json", "metrics.jsonl"):
