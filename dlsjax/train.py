@@ -85,6 +85,10 @@ class TrainHParams:
   # (n / (K * n_k) from the training split's class counts, scikit-learn's rule).
   class_weight: str = "none"
   class_weights: tuple[float, ...] = ()  # filled from the data when class_weight is balanced
+  # Not in the paper: an exponential moving average of the weights (0: off), which the
+  # validation, the saved best epoch and inference then use (``inference_variables``).
+  # The decay warms up as min(ema_decay, (1 + step) / (10 + step)).
+  ema_decay: float = 0.0
 
   @classmethod
   def from_config(cls, train_cfg, steps_per_epoch: int) -> TrainHParams:
@@ -120,11 +124,19 @@ def init_state(model: Network, h: TrainHParams, rng, *, pretrained: str = "") ->
     from dlsjax import baselines
 
     variables, _ = baselines.load_pretrained(variables, pretrained)
-  return {
+  state = {
     **variables,
     "opt": jax.jit(optimizer(h).init)(variables["params"]),
     "step": jnp.zeros((), jnp.int32),
   }
+  if h.ema_decay:
+    state["ema"] = variables["params"]
+  return state
+
+
+def inference_variables(state) -> dict:
+  """The model to evaluate: the weight average when ``train.ema_decay`` is on, else the weights."""
+  return {"params": state.get("ema", state["params"]), "batch_stats": state["batch_stats"]}
 
 
 def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = AXIS):
@@ -167,6 +179,12 @@ def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = 
       "opt": opt,
       "step": state["step"] + 1,
     }
+    if h.ema_decay:
+      t = state["step"].astype(jnp.float32)
+      d = jnp.minimum(h.ema_decay, (1.0 + t) / (10.0 + t))
+      new_state["ema"] = jax.tree.map(
+        lambda e, p: d * e + (1.0 - d) * p, state["ema"], new_state["params"]
+      )
     # With CutMix the target is mixed; accuracy counts the dominant class.
     metrics = {
       "loss": loss,
@@ -459,11 +477,11 @@ def _train_one(
       }
       if validate is not None:  # model selection on the val split (never the test split)
         host = runner.unreplicate(dstate)
-        score = validate({"params": host["params"], "batch_stats": host["batch_stats"]})
+        variables = inference_variables(host)
+        score = validate(variables)
         record.update(score)
         if is_better(select, score, best):
           best = {"epoch": epoch + 1, **score}
-          variables = {"params": host["params"], "batch_stats": host["batch_stats"]}
           best_ckpt.save(epoch + 1, variables, best)
         record["best_epoch"] = best["epoch"]
       if proc == 0:
@@ -572,7 +590,7 @@ def load(workdir, *, require_finished: bool = True) -> Trained:
         f"{run_dir}: training not finished (epoch {meta['epoch']} of {config.train.epochs}); "
         "continue it with `dlsjax train ... --resume`"
       )
-    v = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    v = inference_variables(state)
     if select != "last" and (run_dir / "best").is_dir():  # the epoch chosen on the val split
       best = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1)
       try:

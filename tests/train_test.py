@@ -60,3 +60,34 @@ def test_val_selection_prefers_auc_then_loss_and_keeps_the_earlier_tie():
   score = train.val_score([0, 1, 1], [[0.8, 0.2], [0.4, 0.6], [0.7, 0.3]])
   assert score["val_auc"] == pytest.approx(1.0) and score["val_acc"] == pytest.approx(2 / 3)
   assert score["val_loss"] == pytest.approx(-(np.log(0.8) + np.log(0.6) + np.log(0.3)) / 3)
+
+
+def test_weight_average_follows_the_formula_and_is_what_inference_uses():
+  import dataclasses
+
+  import jax
+  from bilevel_test import batch
+  from conftest import tiny_spec
+  from genotype_test import random_choice
+
+  from dlsjax import network, train
+
+  spec = tiny_spec()
+  model = network.Network(spec, genotype=random_choice(spec))
+  h = train.TrainHParams(steps_per_epoch=2, epochs=2, batch_size=8, ema_decay=0.9)
+  state = train.init_state(model, h, jax.random.PRNGKey(0))
+  assert "ema" not in train.init_state(model, dataclasses.replace(h, ema_decay=0.0),
+                                       jax.random.PRNGKey(0))  # fmt: skip
+  step = jax.jit(train.make_train_step(model, h, axis_name=None))
+  ema = jax.tree.map(np.asarray, state["params"])
+  for t in range(3):
+    state, _ = step(state, batch(spec, 8, t), jax.random.PRNGKey(1))
+    d = min(0.9, (1 + t) / (10 + t))
+    ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * np.asarray(p), ema, state["params"])
+  for a, b in zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(ema), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  moved = [np.abs(np.asarray(a) - b).max() for a, b in
+           zip(jax.tree.leaves(state["params"]), jax.tree.leaves(ema), strict=True)]  # fmt: skip
+  assert max(moved) > 1e-4  # the average lags the weights
+  v = train.inference_variables(state)
+  assert v["params"] is state["ema"] and v["batch_stats"] is state["batch_stats"]

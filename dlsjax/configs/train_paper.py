@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # val split, evaluated after every epoch (never the test split).
       select="last",
       class_weight="none",  # none (paper: focal alpha 1) | balanced (n / (K n_k) per class)
+      ema_decay=0.0,  # not in the paper: 0 (off) or the decay of a weight average used for eval
       **common.run_options(),
       aux_head=False,
     )
