@@ -137,8 +137,12 @@ def flat_config(config) -> dict:
 
 
 def config_diff(saved: dict, now: dict) -> dict:
-  """``{field: (saved, now)}`` for the fields that differ, ignoring :data:`RESUME_FREE_FIELDS`."""
-  keys = sorted(set(saved) | set(now))
+  """``{field: (saved, now)}`` for the fields that differ, ignoring :data:`RESUME_FREE_FIELDS`.
+
+  Only fields in both count: a field added to dlsjax after the run was written (or
+  removed since) does not stop its resume.
+  """
+  keys = sorted(set(saved) & set(now))
   return {
     k: (saved.get(k), now.get(k))
     for k in keys
