@@ -55,7 +55,7 @@ def measure(name: str, steps: int, batch: int | None, overrides=(), seeds: int =
   import jax
   import numpy as np
 
-  from dlsjax import bilevel, runtime, sharding
+  from dlsjax import bilevel, runtime, search, sharding
   from dlsjax.main import load_config
   from dlsjax.netspec import spec_from_config
 
@@ -68,7 +68,7 @@ def measure(name: str, steps: int, batch: int | None, overrides=(), seeds: int =
   h = bilevel.SearchHParams(**{**h.__dict__, "order": order})
   step = bilevel.make_search_step(spec, h)
   if seeds:  # `dlsjax search --seeds N`: one vmapped step over N states and batches
-    step = jax.vmap(step, in_axes=(0, 1, 1, 0))
+    step = search.vmap_seeds(step)
   runner = sharding.Runner(step, mode="pmap")
   rng = np.random.default_rng(0)
   n = max(seeds, 1)
@@ -89,12 +89,11 @@ def measure(name: str, steps: int, batch: int | None, overrides=(), seeds: int =
 
   t0 = time.perf_counter()
   states = [bilevel.init_state(spec, h, jax.random.PRNGKey(k)) for k in range(n)]
-  stack = lambda xs: jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *xs)  # noqa: E731
-  state = runner.replicate(stack(states) if seeds else states[0])
+  state = runner.replicate(search.stack_trees(states) if seeds else states[0])
   init_s = time.perf_counter() - t0
   _progress(name, init_s=round(init_s, 1))
   keys = [jax.random.PRNGKey(k + 1) for k in range(n)]
-  tb, vb, key = make_batch(), make_batch(), stack(keys) if seeds else keys[0]
+  tb, vb, key = make_batch(), make_batch(), search.stack_trees(keys) if seeds else keys[0]
   t0 = time.perf_counter()
   state, m = runner(state, tb, vb, key)  # compile + first step
   jax.block_until_ready(m)

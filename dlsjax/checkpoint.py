@@ -80,9 +80,10 @@ class Checkpoints:
 
     Reads the metadata only, so a run can call it before compiling anything.
     """
-    if self.latest_step() is None:
-      return
-    meta = self.meta()
+    if self.latest_step() is not None:
+      self._refuse_other_run(self.meta(), seed, config)
+
+  def _refuse_other_run(self, meta: dict, seed: int, config) -> None:
     if meta.get("seed") != seed:
       raise ValueError(f"{self.directory}: checkpoint has seed {meta.get('seed')}, this run {seed}")
     distributed.check_job_shape(meta, self.directory)
@@ -101,12 +102,13 @@ class Checkpoints:
     A run's checkpoints carry ``epoch``, ``batch`` (position in the epoch),
     ``sums`` (running metric sums of the epoch), ``seed`` and
     :func:`run_identity` in their metadata; a checkpoint of another seed, job
-    shape or ``config`` is an error (naming what differs), not a silent restart.
+    shape or ``config`` (when given; a caller that ran :meth:`check_resumable`
+    first need not) is an error naming what differs, not a silent restart.
     """
     if self.latest_step() is None:
       return state, 0, 0, dict.fromkeys(sum_keys, 0.0)
-    self.check_resumable(seed, config)
     state, meta = self.restore(state)
+    self._refuse_other_run(meta, seed, config)
     return state, meta["epoch"], meta["batch"], meta["sums"]
 
   def meta(self, step: int | None = None) -> dict:

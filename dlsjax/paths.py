@@ -178,14 +178,17 @@ class StagedDir:
       rel = str(p.relative_to(self.local))
       now[rel] = sig = _signature(p)
       if self._pushed.get(rel) != sig:
-        target = self.remote / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(p.read_bytes())
+        _put(p, self.remote / rel)
     for rel in set(self._pushed) - set(now):
       target = self.remote / rel
       if target.exists():
         target.unlink()
     self._pushed = now
+
+
+def _put(file: pathlib.Path, target: epath.Path) -> None:
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(file.read_bytes())
 
 
 def _signature(p: pathlib.Path) -> tuple[int, int]:
@@ -202,9 +205,7 @@ def publish_tree(local_dir: pathlib.Path, path, flag: str) -> None:
     if partial.exists():
       partial.rmtree()
     for p in _upload_order(local_dir):
-      target = partial / str(p.relative_to(local_dir))
-      target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(p.read_bytes())
+      _put(p, partial / str(p.relative_to(local_dir)))
     if dest.exists():
       dest.rmtree()
     partial.rename(dest)

@@ -61,8 +61,18 @@ class _SeedRun:
     return pipeline.iterate(wb, start=start), pipeline.iterate(ab, start=start)
 
 
-def _stack(trees, axis: int = 0):
+def stack_trees(trees, axis: int = 0):
+  """Host copies of same-shaped pytrees, stacked leaf by leaf along a new ``axis``."""
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs], axis=axis), *trees)
+
+
+def vmap_seeds(step):
+  """The search step over a seed axis: state and rng seed-first, batches ``[B, seeds, ...]``.
+
+  Batches carry the seed axis second so that the leading batch axis still splits over
+  the devices (``sharding.Layout.shard_batch``).
+  """
+  return jax.vmap(step, in_axes=(0, 1, 1, 0))
 
 
 def search(
@@ -120,8 +130,8 @@ def search(
   h = bilevel.SearchHParams.from_config(sc, steps_per_epoch)
   aug = pipeline.Augment.from_config(sc)  # crop and flips; no CutMix in the search
   step = bilevel.make_search_step(spec, h)
-  if vmapped:  # state, rng: seed axis first; batches [B, seeds, ...] (B split over devices)
-    step = jax.vmap(step, in_axes=(0, 1, 1, 0))
+  if vmapped:
+    step = vmap_seeds(step)
   runner = sharding.Runner(step, mode=sc.get("parallel", "pmap"))
   if host_batch % runner.n:
     raise SearchError(
@@ -144,7 +154,7 @@ def search(
     state = bilevel.init_state(spec, h, jax.random.PRNGKey(r.seed))
     had_checkpoint = r.ckpt.latest_step() is not None
     try:
-      state, epoch, start, r.sums = r.ckpt.resume(state, r.seed, METRIC_KEYS, config=r.config)
+      state, epoch, start, r.sums = r.ckpt.resume(state, r.seed, METRIC_KEYS)
     except (ValueError, distributed.DistributedError) as e:
       raise SearchError(str(e)) from None
     if had_checkpoint:
@@ -177,7 +187,7 @@ def search(
   every = int(sc.get("checkpoint_every_steps", 0) or 0)
   rngs = [jax.random.PRNGKey(r.seed + 1) for r in runs]
   if vmapped:
-    dstate, rng = runner.replicate(_stack(states)), _stack(rngs)
+    dstate, rng = runner.replicate(stack_trees(states)), stack_trees(rngs)
   else:
     dstate, rng = runner.replicate(states[0]), rngs[0]
   steps_done, first_step = 0, epoch * steps_per_epoch + start
@@ -219,7 +229,7 @@ def search(
       for i in bar:
         pairs = [(next(it_w), next(it_a)) for it_w, it_a in iters]
         if vmapped:
-          tb, vb = _stack([p[0] for p in pairs], axis=1), _stack([p[1] for p in pairs], axis=1)
+          tb, vb = (stack_trees(half, axis=1) for half in zip(*pairs, strict=True))
         else:
           tb, vb = pairs[0]
         dstate, m = runner(dstate, runner.shard_batch(tb), runner.shard_batch(vb), rng)

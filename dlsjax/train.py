@@ -402,7 +402,7 @@ def _train_one(
     validate = _validator(model0, ds) if best_ckpt else None
     state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
     try:
-      state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS, config=config)
+      state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
     except (ValueError, distributed.DistributedError) as e:
       raise TrainError(str(e)) from None
     best = ckpt.meta().get("best") if ckpt.latest_step() is not None else None
