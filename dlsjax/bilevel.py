@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from dlsjax import layers, losses, optim, supernet
+from dlsjax import rng as rng_lib
 from dlsjax.netspec import NetworkSpec
 
 
@@ -263,8 +264,8 @@ def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | Non
 def vmap_invariant_key(key):
   """``key`` as a threefry key, whose draws are the same under ``jax.vmap`` (``search --seeds``).
 
-  The process-wide PRNG is ``rbg`` (``runtime.setup``: it compiles parameter
-  inits much faster); its split and fold-in are threefry-based, but its random
+  The library's keys are ``rbg`` (``dlsjax.rng``: it compiles much faster);
+  its split and fold-in are threefry-based, but its random
   bits come from ``lax.rng_bit_generator``, whose draws differ when vmapped over
   keys. The few DropPath draws of a step are made with threefry instead.
   """
@@ -288,7 +289,7 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     return jax.lax.pmean(x, axis_name) if axis_name else x
 
   def split_rng(state, rng):
-    rng = jax.random.fold_in(rng, state["step"])
+    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
     if axis_name:  # each device draws its own DropPath masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     return tuple(vmap_invariant_key(k) for k in jax.random.split(rng))
@@ -436,7 +437,7 @@ def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
   loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
 
   def step(state, batch, masks, rng):
-    rng = jax.random.fold_in(rng, state["step"])
+    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
     if axis_name:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)

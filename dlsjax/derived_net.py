@@ -116,7 +116,7 @@ def variables_from_search(
       if part is not None and "dag" in sub:
         sub = dict(sub)
         sub["dag"] = edge_params_from_search(
-          topos[part], part == "reduce", sub["dag"], choice[part], spec.op_set
+          topos[part], spec.is_reduction(part), sub["dag"], choice[part], spec.op_set
         )
       mapped[name] = sub
     flat_t = traverse_util.flatten_dict(template[col])
@@ -131,10 +131,9 @@ def variables_from_search(
 
 def part_of(spec: NetworkSpec, module_name: str) -> str | None:
   """The learnable part a top-level module belongs to; None for any other module."""
-  if module_name == "fusing_stem":
-    return "fusing" if spec.fusing_stem == "learnable" else None
-  if module_name == "fl_stem":
-    return "fl" if spec.fl_stem == "learnable" else None
+  for stem in spec.active_stems():
+    if module_name == stem.module_name:
+      return stem.name if spec.stem_kind(stem.name) == "learnable" else None
   if module_name.startswith("cell") and module_name[4:].isdigit():
     return spec.cells[int(module_name[4:])]
   return None

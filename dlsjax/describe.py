@@ -37,7 +37,7 @@ def search_param_count(spec: NetworkSpec, params: Mapping) -> int:
   for name, sub in params.items():
     part = derived_net.part_of(spec, name)
     if part is not None and "dag" in sub:
-      total += cells.search_param_count(topos[part], part == "reduce", sub["dag"])
+      total += cells.search_param_count(topos[part], spec.is_reduction(part), sub["dag"])
       total += count_params({k: v for k, v in sub.items() if k != "dag"})
     else:
       total += count_params({name: sub})

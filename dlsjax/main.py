@@ -11,7 +11,7 @@ import os
 import pathlib
 import sys
 
-SEARCH_SPACES = {"paper": "paper", "darts_cifar": "darts_cifar"}
+SEARCH_SPACES = ("paper", "darts_cifar")  # configs whose search supernet `describe` reports
 
 
 def parse_override(text: str):
@@ -80,9 +80,9 @@ def cmd_describe(args) -> int:
   elif args.search_space is not None:
     if args.search_space not in SEARCH_SPACES:
       raise SystemExit(
-        f"describe: unknown search space {args.search_space!r}; available: {sorted(SEARCH_SPACES)}"
+        f"describe: unknown search space {args.search_space!r}; available: {list(SEARCH_SPACES)}"
       )
-    cfg = load_config(SEARCH_SPACES[args.search_space], args.set)
+    cfg = load_config(args.search_space, args.set)
     spec = netspec.spec_from_config(cfg.model, phase="search")
     out = {
       "name": args.search_space,
@@ -202,7 +202,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_derive(args) -> int:
-  from dlsjax import derive
+  from dlsjax import derivation, derive
   from dlsjax.data.folder import DataError
 
   overrides = {}
@@ -220,7 +220,7 @@ def cmd_derive(args) -> int:
         metric=args.metric,
         overrides=overrides,
       )
-  except (DataError, derive.DeriveError, ValueError) as e:
+  except (DataError, derivation.DeriveError, ValueError) as e:
     raise SystemExit(f"derive: {e}") from None
   print(geno)
   w = args.workdir
@@ -336,7 +336,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-  from dlsjax import derive, experiment, paths, search, train
+  from dlsjax import derivation, experiment, paths, search, train
   from dlsjax.data.folder import DataError
 
   try:
@@ -348,7 +348,7 @@ def cmd_experiment(args) -> int:
         only=[x.strip() for x in args.rows.split(",")] if args.rows else None,
       )  # fmt: skip
   except (
-    DataError, experiment.ExperimentError, search.SearchError, derive.DeriveError,
+    DataError, experiment.ExperimentError, search.SearchError, derivation.DeriveError,
     train.TrainError,
   ) as e:  # fmt: skip
     raise SystemExit(f"experiment {args.table}: {e}") from None
@@ -458,7 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("derive", help="derive the architecture of a finished search (MPDS)")
   p.add_argument("--workdir", required=True, help="the search's run folder")
-  p.add_argument("--method", choices=["mpds", "argmax", "pt"], help="default: config derive.method")
+  p.add_argument(
+    "--method", help="a registered derivation method (built in: mpds, argmax, pt); "
+    "default: derive.method",
+  )  # fmt: skip
   p.add_argument("--metric", choices=["accuracy", "loss", "auc"], help="default: derive.metric")
   p.add_argument("--data-dir", help="default: the dataset the search used")
   _add_set(p)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 
-from dlsjax import ops, precision
+from dlsjax import ops, parts, precision
 from dlsjax.topology import Topology
 
-STEM_KINDS = ("learnable", "concat", "identity")
 DAG_LAYOUTS = ("auto", "NHWC", "CNHW")
 DAG_SCHEDULES = ("auto", "source", "edge")
-FL_STEM_KINDS = ("learnable", "concat", "off")
 
 
 def _on_cpu() -> bool:
@@ -42,13 +41,15 @@ class NetworkSpec:
     num_classes: size of the classification head.
     c_sin: output channels of each manual stem (paper: 48 search, 144 train).
     c_sout: output channels of the learnable stems; ``None`` = ``2 * c_sin``.
-    fusing_stem: ``learnable`` (the Fusing Stem over all modalities),
-      ``concat`` (ablation "- Fusing Stem": concat + 1x1 ReLU-conv-BN to
-      ``c_sout``) or ``identity`` (one modality; the manual stem output is used
-      directly, as in DARTS).
-    fl_stem: ``learnable`` (FL Stem over the fluorescence modalities),
-      ``concat`` (ablation "- FL Stem") or ``off``. Without fluorescence
-      modalities the FL Stem is omitted whatever this says.
+    stems: the kind of each registered stem (``dlsjax.parts``): ``learnable``,
+      ``concat``, ``identity`` or ``off``, as a mapping or ``(name, kind)``
+      pairs; a stem not named takes its registered default. The paper's:
+      ``fusing`` (the Fusing Stem over all modalities; ``concat`` is the
+      ablation "- Fusing Stem", ``identity`` a one-modality network as in
+      DARTS) and ``fl`` (the FL Stem over the fluorescence modalities;
+      ``concat`` is "- FL Stem"). A stem without input modalities is omitted
+      whatever its kind. Stored as ``(name, kind)`` pairs for every
+      registered stem, in registry order.
     stem_inner_nodes: N_s (paper: 2).
     cell_inner_nodes: inner nodes per cell (paper: 3; DARTS: 4).
     cells: ``"reduce"``/``"normal"`` per cell, in order.
@@ -124,8 +125,7 @@ class NetworkSpec:
   cell_channels: int
   op_set: tuple[str, ...] = ops.PAPER10
   c_sout: int | None = None
-  fusing_stem: str = "learnable"
-  fl_stem: str = "learnable"
+  stems: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
   stem_inner_nodes: int = 2
   cell_inner_nodes: int = 3
   fl_stem_cells: int = 2
@@ -146,20 +146,15 @@ class NetworkSpec:
     names = [m.name for m in self.modalities]
     if len(set(names)) != len(names):
       raise ValueError(f"NetworkSpec.modalities has duplicate names: {names}")
-    if self.fusing_stem not in STEM_KINDS:
-      raise ValueError(
-        f"NetworkSpec.fusing_stem must be one of {STEM_KINDS}, got {self.fusing_stem!r}"
-      )
-    if self.fl_stem not in FL_STEM_KINDS:
-      raise ValueError(f"NetworkSpec.fl_stem must be one of {FL_STEM_KINDS}, got {self.fl_stem!r}")
-    if self.fusing_stem == "identity" and len(self.modalities) != 1:
-      raise ValueError("NetworkSpec.fusing_stem='identity' needs exactly one modality")
-    bad = [c for c in self.cells if c not in ("normal", "reduce")]
+    object.__setattr__(self, "stems", self._resolve_stems(self.stems))
+    kinds = [k.name for k in parts.cell_kinds()]
+    bad = [c for c in self.cells if c not in kinds]
     if bad or not self.cells:
       raise ValueError(
-        f"NetworkSpec.cells must be a non-empty list of 'normal'/'reduce', got {self.cells}"
+        f"NetworkSpec.cells must be a non-empty list of registered cell kinds {kinds}, "
+        f"got {self.cells}"
       )
-    n_red = self.cells.count("reduce")
+    n_red = sum(parts.get_cell_kind(c).reduction for c in self.cells)
     if self.resolution % (2**n_red):
       raise ValueError(
         f"model.resolution {self.resolution} is not divisible by 2^{n_red} (one halving per "
@@ -187,6 +182,55 @@ class NetworkSpec:
           "without channel_major=True (use 'auto' or 'NHWC')"
         )
 
+  def _resolve_stems(self, given) -> tuple[tuple[str, str], ...]:
+    given = dict(given.items() if isinstance(given, Mapping) else given)
+    known = [s.name for s in parts.stems()]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+      raise ValueError(f"NetworkSpec.stems names unregistered stems {unknown}; registered: {known}")
+    out = []
+    for stem in parts.stems():
+      kind = given.get(stem.name, stem.default)
+      if kind not in parts.STEM_KINDS:
+        raise ValueError(
+          f"model.{stem.config_field} must be one of {parts.STEM_KINDS}, got {kind!r}"
+        )
+      n_in = len(self._inputs_of(stem))
+      if kind == "identity" and n_in > 1:
+        raise ValueError(
+          f"model.{stem.config_field}='identity' needs exactly one input modality, it has {n_in}"
+        )
+      out.append((stem.name, kind))
+    active = [n for n, k in out if k != "off" and self._inputs_of(parts.get_stem(n))]
+    if not any(parts.get_stem(n).feeds == "s1" for n in active):
+      raise ValueError(
+        "no stem feeds the cells: every stem with feeds='s1' is off or has no input modality "
+        f"(stems {dict(out)}, modalities {[m.name for m in self.modalities]})"
+      )
+    return tuple(out)
+
+  def _inputs_of(self, stem: parts.StemDef) -> tuple[Modality, ...]:
+    return tuple(m for m in self.modalities if stem.inputs(m))
+
+  def stem_kind(self, name: str) -> str:
+    """The kind of stem ``name`` (``off`` when it has no input modality)."""
+    kind = dict(self.stems)[name]
+    return kind if self._inputs_of(parts.get_stem(name)) else "off"
+
+  def stem_inputs(self, name: str) -> tuple[Modality, ...]:
+    """The modalities stem ``name`` reads, in the order of ``modalities``."""
+    return self._inputs_of(parts.get_stem(name))
+
+  def active_stems(self) -> tuple[parts.StemDef, ...]:
+    """The stems this network has (not off, with inputs), in registry order."""
+    return tuple(s for s in parts.stems() if self.stem_kind(s.name) != "off")
+
+  def stem_channels(self, name: str) -> int:
+    """Output channels of stem ``name``: ``c_sin`` for ``identity``, else ``c_sout``."""
+    if self.stem_kind(name) == "identity":
+      return self.c_sin
+    return self.c_sout if self.c_sout is not None else 2 * self.c_sin
+
   def resolved_dag_schedule(self) -> str:
     """The scan schedule of the supernet's DAGs (see ``dag_schedule``)."""
     if self.dag_schedule != "auto":
@@ -210,39 +254,36 @@ class NetworkSpec:
   # ------------------------------------------------------------------ parts
 
   @property
-  def stem_out_channels(self) -> int:
-    if self.fusing_stem == "identity":
-      return self.c_sin
-    return self.c_sout if self.c_sout is not None else 2 * self.c_sin
-
-  @property
   def fluorescence(self) -> tuple[Modality, ...]:
     return tuple(m for m in self.modalities if m.fluorescence)
 
-  @property
-  def has_fl_stem(self) -> bool:
-    return self.fl_stem != "off" and bool(self.fluorescence)
+  def is_reduction(self, part: str) -> bool:
+    """Whether learnable part ``part`` is a reduction cell (stems never are)."""
+    return not parts.is_stem(part) and parts.get_cell_kind(part).reduction
 
   def topologies(self) -> dict[str, Topology]:
-    """The learnable parts, in derivation order (fusing, fl, normal, reduce)."""
-    parts = {}
-    if self.fusing_stem == "learnable":
-      parts["fusing"] = Topology(len(self.modalities), self.stem_inner_nodes, concat_last=True)
-    if self.has_fl_stem and self.fl_stem == "learnable":
-      parts["fl"] = Topology(len(self.fluorescence), self.stem_inner_nodes, concat_last=True)
-    if "normal" in self.cells:
-      parts["normal"] = Topology(2, self.cell_inner_nodes)
-    if "reduce" in self.cells:
-      parts["reduce"] = Topology(2, self.cell_inner_nodes)
-    return parts
+    """The learnable parts in registry order (the paper's: fusing, fl, normal, reduce)."""
+    out = {}
+    for stem in self.active_stems():
+      if self.stem_kind(stem.name) == "learnable":
+        n_in = len(self.stem_inputs(stem.name))
+        out[stem.name] = Topology(n_in, self.stem_inner_nodes, concat_last=True)
+    for kind in parts.cell_kinds():
+      if kind.name in self.cells:
+        out[kind.name] = Topology(2, kind.inner_nodes or self.cell_inner_nodes)
+    return out
 
   def log_structure(self, log: logging.Logger | None = None):
     log = log or logging.getLogger("dlsjax")
-    if self.fl_stem != "off" and not self.fluorescence:
-      log.info(
-        "no fluorescence modality among %s: the FL Stem is omitted",
-        [m.name for m in self.modalities],
-      )
+    for name, kind in self.stems:
+      if kind != "off" and not self.stem_inputs(name):
+        title = parts.get_stem(name).title
+        log.info(
+          "no input modality of the %s among %s: the %s is omitted",
+          title,
+          [m.name for m in self.modalities],
+          title,
+        )
 
 
 def modality_images(spec: NetworkSpec, images) -> list:
@@ -332,8 +373,7 @@ def spec_from_config(model_cfg, *, phase: str = "search") -> NetworkSpec:
     cell_channels=cell_channels,
     op_set=op_set,
     c_sout=m.get("c_sout", None),
-    fusing_stem=m.fusing_stem,
-    fl_stem=m.fl_stem,
+    stems={s.name: m.get(s.config_field, s.default) for s in parts.stems()},
     stem_inner_nodes=m.stem_inner_nodes,
     cell_inner_nodes=m.cell_inner_nodes,
     fl_stem_cells=m.fl_stem_cells,

@@ -16,20 +16,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dlsjax import layers
+from dlsjax import layers, parts
 from dlsjax.cells import DerivedDAG, MixedDAG
 from dlsjax.layers import BatchNorm, OpContext
 from dlsjax.netspec import NetworkSpec, modality_images
 from dlsjax.ops import FactorizedReduce, ReLUConvBN
 from dlsjax.topology import Topology
 
-# What ``Network.__call__`` computes: everything; only the stems (their
-# outputs ``{"fused", "fl"}``, the inputs of the cells) or one of them; or
-# only the cells and the head from given stem outputs. The derivation scores
-# stem and cell candidates in separate compiled stages (derive.py).
-STAGES = ("all", "stems", "fusing", "fl", "cells")
-# The learnable stems and the names of their outputs in the ``stems`` stage.
-STEM_FEATURES = {"fusing": "fused", "fl": "fl"}
+# What ``Network.__call__`` computes (``stage``): everything (``all``); only
+# the stems (``stems``: ``{stem name: output}``, the inputs of the cells); only
+# one stem (its name, a registered stem of ``dlsjax.parts``); or only the
+# cells and the head from given stem outputs (``cells``). The derivation
+# scores stem and cell candidates in separate compiled stages (derive.py).
+STAGES = ("all", "stems", "cells")
 
 
 def mixing_weights(alpha_EK, mask):
@@ -182,8 +181,9 @@ class Network(nn.Module):
     stem_features=None,
   ):
     spec = self.spec
-    if stage not in STAGES:
-      raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    stems = {st.name: st for st in spec.active_stems()}
+    if stage not in STAGES and stage not in stems:
+      raise ValueError(f"stage must be one of {STAGES} or a stem of {list(stems)}, got {stage!r}")
     if (stage == "cells") != (stem_features is not None):
       raise ValueError("stem_features are given exactly when stage='cells'")
     search = self.genotype is None
@@ -199,8 +199,8 @@ class Network(nn.Module):
     drop_path = train and self.has_rng("dropout")
     topos = spec.topologies()
     if search:
-      cells = [p for p in topos if p not in STEM_FEATURES]
-      used = {"all": topos, "stems": STEM_FEATURES, "cells": cells}.get(stage, (stage,))
+      cells = [p for p in topos if not parts.is_stem(p)]
+      used = {"all": topos, "stems": stems, "cells": cells}.get(stage, (stage,))
       missing = [
         p for p in topos if p in used and (p not in (alphas or {}) or p not in (masks or {}))
       ]
@@ -231,22 +231,23 @@ class Network(nn.Module):
       return Part(topo, spec.op_set, ctx=ctx, choice=choice, drop_path=drop_path, **kw), None
 
     if stage == "cells":
-      fused, fl = stem_features["fused"], stem_features.get("fl")
+      outs = dict(stem_features)
     else:
-      # Manual stems (only those the stage needs), then the Fusing and FL Stems.
-      needed = spec.fluorescence if stage == "fl" else spec.modalities
+      # Manual stems (only those the stage reads), then the stems.
+      wanted = list(stems) if stage in ("all", "stems") else [stage]
+      needed = {m.name for st in wanted for m in spec.stem_inputs(st)}
       feats = {
         m.name: ManualStem(spec.c_sin, ctx, name=f"stem_{m.name}")(x)
         for m, x in zip(spec.modalities, modality_images(spec, images), strict=True)
-        if m in needed
+        if m.name in needed
       }
-      if stage == "fusing":
-        return self._fusing(feats, ctx, part, drop_prob)
-      if stage == "fl":
-        return self._fl(feats, ctx, part, drop_prob)
-      fused, fl = self._fusing(feats, ctx, part, drop_prob), self._fl(feats, ctx, part, drop_prob)
+      outs = {st: self._stem(stems[st], feats, ctx, part, drop_prob) for st in wanted}
+      if stage not in ("all", "stems"):
+        return outs[stage]
       if stage == "stems":
-        return {"fused": fused} if fl is None else {"fused": fused, "fl": fl}
+        return outs
+    fused = self._feed(outs, "s1")
+    fl = self._feed(outs, "s0")
     # Cells.
     s0 = fl if fl is not None else fused
     s1 = fused
@@ -263,7 +264,7 @@ class Network(nn.Module):
         s0, s1 = self._shared_run(i, runs[i], s0, s1, fl, C, part, drop_prob)
         i += runs[i]
         continue
-      reduction = kind == "reduce"
+      reduction = parts.get_cell_kind(kind).reduction
       if reduction:
         C *= 2
       mod, w = part(kind, C=C, reduction=reduction, name=f"cell{i}")
@@ -290,7 +291,7 @@ class Network(nn.Module):
   def _shared_runs(self, fl) -> dict[int, int]:
     """``{first cell: length}`` of the runs of consecutive normal cells that share one DAG body.
 
-    A run is two or more normal cells in a row (one stage: same channels and
+    A run is two or more cells of one non-reduction kind in a row (one stage: same channels and
     resolution). From its third cell on, a cell's ``s0`` must be the output of
     the cell two back, so a cell whose ``s0`` is the FL Stem's output starts a
     new run (``fl_stem_cells``).
@@ -298,11 +299,11 @@ class Network(nn.Module):
     spec = self.spec
     cells, runs, i = spec.cells, {}, 0
     while i < len(cells):
-      if cells[i] != "normal":
+      if parts.get_cell_kind(cells[i]).reduction:
         i += 1
         continue
       j = i + 1
-      while j < len(cells) and cells[j] == "normal":
+      while j < len(cells) and cells[j] == cells[i]:
         if j >= i + 2 and self._takes_fl(j, fl):
           break
         j += 1
@@ -328,7 +329,7 @@ class Network(nn.Module):
     cells: a few percent of a cell each).
     """
     spec = self.spec
-    mod, w = part("normal", C=C, reduction=False, parent=None)
+    mod, w = part(spec.cells[first], C=C, reduction=False, parent=None)
     ctx = mod.ctx
     dag = MixedDAG(**mod.mixed_dag_fields(), parent=None)
     rcb = ReLUConvBN(C, 1, 1, ctx, parent=None)
@@ -392,33 +393,31 @@ class Network(nn.Module):
         self.put_variable("batch_stats", n, s)
     return outs[m - 2], outs[m - 1]
 
-  def _fusing(self, feats, ctx, part, drop_prob):
-    """The Fusing Stem's output from the manual stems' ``feats`` (by modality)."""
+  def _stem(self, stem: parts.StemDef, feats, ctx, part, drop_prob):
+    """The output of ``stem`` from the manual stems' ``feats`` (by modality)."""
     spec = self.spec
-    all_in = [feats[m.name] for m in spec.modalities]
-    if spec.fusing_stem == "learnable":
+    ins = [feats[m.name] for m in spec.stem_inputs(stem.name)]
+    kind, c_out = spec.stem_kind(stem.name), spec.stem_channels(stem.name)
+    if kind == "learnable":
       mod, w = part(
-        "fusing",
+        stem.name,
         C=spec.c_sin,
         reduction=False,
         is_stem=True,
-        C_out=spec.stem_out_channels,
-        name="fusing_stem",
+        C_out=c_out,
+        name=stem.module_name,
       )
-      return mod(all_in, w, drop_prob)
-    if spec.fusing_stem == "concat":
-      conv = ReLUConvBN(spec.stem_out_channels, 1, 1, ctx, name="fusing_stem")
-      return conv(jnp.concatenate(all_in, -1))
-    return all_in[0]
+      return mod(ins, w, drop_prob)
+    if kind == "concat":
+      return ReLUConvBN(c_out, 1, 1, ctx, name=stem.module_name)(jnp.concatenate(ins, -1))
+    return ins[0]  # identity
 
-  def _fl(self, feats, ctx, part, drop_prob):
-    """The FL Stem's output (None without one) from the fluorescence manual stems."""
-    spec = self.spec
-    if not spec.has_fl_stem:
+  def _feed(self, outs, feeds: str):
+    """The sum of the outputs of the stems that feed cell input ``feeds`` (None if none)."""
+    xs = [x for name, x in outs.items() if parts.get_stem(name).feeds == feeds]
+    if not xs:
       return None
-    fl_in = [feats[m.name] for m in spec.fluorescence]
-    c_out = spec.stem_out_channels
-    if spec.fl_stem == "learnable":
-      mod, w = part("fl", C=spec.c_sin, reduction=False, is_stem=True, C_out=c_out, name="fl_stem")
-      return mod(fl_in, w, drop_prob)
-    return ReLUConvBN(c_out, 1, 1, ctx, name="fl_stem")(jnp.concatenate(fl_in, -1))
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+      raise ValueError(f"stems feeding {feeds} have different output shapes {shapes}")
+    return sum(xs[1:], xs[0])

@@ -301,7 +301,6 @@ PAPER9 = (*DARTS8[:-1], "nor_conv_1x1", "nor_conv_3x3")
 PAPER10 = (*DARTS8, "nor_conv_3x3", "nor_conv_5x5")
 
 OP_SETS: dict[str, tuple[str, ...]] = {"darts8": DARTS8, "paper9": PAPER9, "paper10": PAPER10}
-PRIMITIVES = PAPER10
 
 
 def resolve_op_set(op_set: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

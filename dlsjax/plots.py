@@ -6,6 +6,8 @@ import pathlib
 
 import numpy as np
 
+from dlsjax import parts
+
 
 def alpha_heatmaps(
   weights: dict[str, np.ndarray], op_set, topologies, path: str | pathlib.Path, title: str = ""
@@ -52,7 +54,7 @@ def alpha_heatmaps(
 
 def _node_label(part: str, node: int, n_inputs: int, modalities: tuple[str, ...]) -> str:
   if node < n_inputs:
-    if part in ("normal", "reduce"):
+    if not parts.is_stem(part):
       return f"$c_{{k-{2 - node}}}$"
     return modalities[node] if node < len(modalities) else f"in{node}"
   return str(node - n_inputs)
@@ -60,6 +62,8 @@ def _node_label(part: str, node: int, n_inputs: int, modalities: tuple[str, ...]
 
 def genotype_figure(geno, path: str | pathlib.Path, *, title: str = "", modalities=None) -> None:
   """One panel per derived part, drawn like the paper's Fig. 2 (no Graphviz needed).
+
+  ``modalities`` names a stem's input nodes (``{stem: (modality, ...)}``).
 
   Input nodes on the left, inner nodes left to right, an output node on the
   right (a cell concatenates its inner nodes; a learnable stem's output is its
@@ -70,13 +74,12 @@ def genotype_figure(geno, path: str | pathlib.Path, *, title: str = "", modaliti
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  default_inputs = {"fusing": ("WL", "NIR1", "NIR2"), "fl": ("NIR1", "NIR2")}
   parts = list(geno.parts)
   fig, axes = plt.subplots(len(parts), 1, figsize=(9, 2.6 * len(parts)), squeeze=False)
   for ax, p in zip(axes[:, 0], parts, strict=True):
     part = geno.parts[p]
     n_in, n_inner = part.n_inputs, len(part.nodes)
-    names = tuple((modalities or {}).get(p, default_inputs.get(p, ())))
+    names = tuple((modalities or {}).get(p, ()))
     pos = {i: (0.0, (n_in - 1) / 2 - i) for i in range(n_in)}
     for j in range(n_inner):
       pos[n_in + j] = (1.5 + 1.6 * j, 0.9 * (-1) ** j * 0.6)

@@ -1,4 +1,10 @@
-"""Process-wide JAX settings applied by the command line and the tests."""
+"""Process-wide settings of the command line's entry point (and the tests'): the compilation
+cache and a GPU compiler flag.
+
+Nothing here changes what the library computes on a given backend: a library
+user who never calls :func:`setup` gets the same numbers from the same seeds
+(keys are chosen explicitly in ``dlsjax.rng``), only slower first compiles.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,11 @@ import jax
 
 
 def setup(cache_dir: str | None = None) -> None:
-  """Process-wide defaults: PRNG implementation and compilation cache.
+  """The entry point's process settings: the compilation cache and, on GPUs, cuBLAS GEMMs.
 
-  The PRNG is ``rbg`` (``DLSJAX_PRNG`` overrides): initialising a supernet
-  draws hundreds of parameter arrays, and XLA compiles the default threefry
-  hash for each; measured on a 2-core CPU, the init of the ``runlocal``
-  supernet compiled in 344 s with threefry and 84 s with rbg. Results stay
-  deterministic for a given seed.
+  Call it once before the first computation (``dlsjax.main`` does); it sets
+  ``XLA_FLAGS`` and JAX's cache options, nothing that changes results.
   """
-  jax.config.update("jax_default_prng_impl", os.environ.get("DLSJAX_PRNG", "rbg"))
   _gpu_gemm_flag()
   _cache(cache_dir)
 

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from dlsjax import bilevel, checkpoint, distributed, genotype, netspec, plots, sharding, tblog
+from dlsjax import rng as rng_lib
 from dlsjax.data import dataset, pipeline
 from dlsjax.data.fit import fit_config
 
@@ -151,7 +152,7 @@ def search(
       raise SearchError(str(e)) from None
   positions, states = [], []
   for r in runs:
-    state = bilevel.init_state(spec, h, jax.random.PRNGKey(r.seed))
+    state = bilevel.init_state(spec, h, rng_lib.key(r.seed))
     had_checkpoint = r.ckpt.latest_step() is not None
     try:
       state, epoch, start, r.sums = r.ckpt.resume(state, r.seed, METRIC_KEYS)
@@ -185,7 +186,7 @@ def search(
       r.writer = tblog.writer(r.workdir)
 
   every = int(sc.get("checkpoint_every_steps", 0) or 0)
-  rngs = [jax.random.PRNGKey(r.seed + 1) for r in runs]
+  rngs = [rng_lib.data(r.seed + 1) for r in runs]
   if vmapped:
     dstate, rng = runner.replicate(stack_trees(states)), stack_trees(rngs)
   else:

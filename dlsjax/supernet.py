@@ -113,7 +113,7 @@ def apply(
   update_stats=False`` BatchNorm uses batch statistics without updating the
   running ones (the PT / MPDS derivation setting). Returns
   ``(logits, batch_stats)``; ``batch_stats`` is the input one when not
-  updated. ``stage="stems"`` returns the stem outputs (``{"fused", "fl"}``,
+  updated. ``stage="stems"`` returns the stem outputs (``{stem name: output}``,
   the inputs of the cells) instead of logits; ``stage="cells"`` starts from
   given ``stem_features`` (``images`` is then unused), see ``network.STAGES``.
   """

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import numpy as np
-
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
@@ -60,7 +58,3 @@ class Topology:
     """How many precedents a derivation keeps for this inner node."""
     n_prec = self.n_inputs + inner_index
     return n_prec if self.is_concat_node(inner_index) else min(self.k, n_prec)
-
-  def edge_matrix(self) -> np.ndarray:
-    """``int32[num_edges, 2]`` of (source, target)."""
-    return np.asarray(self.edges, np.int32).reshape(-1, 2)

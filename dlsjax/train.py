@@ -51,6 +51,7 @@ from dlsjax import (
   sharding,
   tblog,
 )
+from dlsjax import rng as rng_lib
 from dlsjax.data import builder, dataset, pipeline
 from dlsjax.network import Network
 
@@ -148,7 +149,7 @@ def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = 
     return jax.lax.pmean(x, axis_name) if axis_name else x
 
   def step(state, batch, rng):
-    rng = jax.random.fold_in(rng, state["step"])
+    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
     if axis_name:  # each device draws its own DropPath masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     drop = h.drop_prob(state["step"])
@@ -400,7 +401,7 @@ def _train_one(
     pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
     model0 = make_model(config, spec, choice, h, axis=None)  # no BN axis: init, validation
     validate = _validator(model0, ds) if best_ckpt else None
-    state = init_state(model0, h, jax.random.PRNGKey(seed), pretrained=pretrained)
+    state = init_state(model0, h, rng_lib.key(seed), pretrained=pretrained)
     try:
       state, epoch, start, sums = ckpt.resume(state, seed, METRIC_KEYS)
     except (ValueError, distributed.DistributedError) as e:
@@ -419,7 +420,7 @@ def _train_one(
         checkpoint.trim_epoch_log(run_dir / "metrics.jsonl", epoch)
     writer = tblog.writer(run_dir) if proc == 0 else None
     dstate = runner.replicate(state)
-    rng = jax.random.PRNGKey(seed + 1)
+    rng = rng_lib.data(seed + 1)
 
     def save(epoch_, batch_, sums_):
       host = runner.unreplicate(dstate)

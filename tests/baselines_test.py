@@ -68,6 +68,10 @@ def test_pyramidnet_width_schedule_and_size():
   with pytest.raises(ValueError, match="multiple of 6"):
     cfg = baselines.hparams("pyramidnet_shakedrop", dict(depth=111, bottleneck=False))
     _ = cfg.blocks_per_stage
+  # The size the docs cite for Table I's PyramidNet-272 (alpha 200, bottleneck), 10 classes.
+  big = baselines.build("pyramidnet_shakedrop", spec_of(3, 10, 32), dict(depth=272, alpha=200.0))
+  shapes = jax.eval_shape(lambda: derived_net.init(big, jax.random.PRNGKey(0)))
+  assert describe.count_params(shapes["params"]) / 1e6 == pytest.approx(26.21, abs=0.01)
 
 
 def test_shakedrop_forward_and_backward_coefficients_differ():
@@ -197,7 +201,8 @@ def test_mmnas_preset_normal_cell_first_then_reductions_only():
   assert cfg.derive.method == "argmax"
   spec = netspec.spec_from_config(cfg.model, phase="search")
   assert spec.cells == ("normal", "reduce", "reduce", "reduce")
-  assert (spec.fusing_stem, spec.fl_stem, spec.fl_stem_cells) == ("concat", "concat", 1)
+  kinds = (spec.stem_kind("fusing"), spec.stem_kind("fl"), spec.fl_stem_cells)
+  assert kinds == ("concat", "concat", 1)
   assert set(spec.topologies()) == {"normal", "reduce"}
   assert spec.op_set == models.netspec.ops.PAPER10
   # The FL Stem output is s0 of the first (fusing, normal) cell only: 2 inputs of C_sout.

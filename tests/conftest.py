@@ -62,8 +62,7 @@ def cells_only_spec() -> NetworkSpec:
   return tiny_spec(
     op_set=("none", "skip_connect", "sep_conv_3x3"),
     modalities=(Modality("WL", 3, False),),
-    fusing_stem="identity",
-    fl_stem="off",
+    stems={"fusing": "identity", "fl": "off"},
   )
 
 
@@ -94,6 +93,30 @@ def cli(*args):
 
 
 BREAST_SUBSET = Path(__file__).parent / "data" / "breastmnist_subset.npz"
+
+
+# A cells-only network on one modality (the BreastMNIST subset at 8 x 8) with every stage
+# (search, derivation, training) at its smallest: for in-process pipeline tests.
+TINY_PIPELINE = [
+  "model.modalities=[{'name': 'US', 'channels': 3, 'fluorescence': False}]",
+  "model.num_classes=2",
+  "model.fusing_stem=identity",
+  "model.fl_stem=off",
+  "model.c_sin_search=4",
+  "model.c_sin_train=4",
+  "model.cell_channels_divisor=2",
+  "model.k_r=1",
+  "model.resolution=8",
+  "model.op_set=none,skip_connect,sep_conv_3x3",
+  "search.batch_size=4",
+  "search.epochs=1",
+  "search.crop_padding=2",
+  "derive.batch_size=4",
+  "derive.max_images=8",
+  "train.epochs=1",
+  "train.batch_size=8",
+  "train.crop_padding=2",
+]
 
 
 def built_breast_subset(root: Path, resolution: int = 8) -> Path:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import cells_only_spec, tiny_spec
 
-from dlsjax import derive, genotype, supernet
+from dlsjax import derivation, genotype, supernet
+from dlsjax.derivation import masks as mask_ops
+from dlsjax.derivation import pt, scoring
 
 SPEC = tiny_spec(op_set=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "nor_conv_3x3"))
 # The networks that are run: cells only (2 parts), the fastest to compile.
@@ -19,9 +21,9 @@ class ScriptedEvaluator:
 
   def __init__(self, spec, metric="accuracy", seed=0):
     self.spec = spec
-    self.opts = derive.DeriveOptions(metric=metric)
+    self.opts = derivation.DeriveOptions(metric=metric)
     rng = np.random.default_rng(seed)
-    self.w = jax.tree.map(lambda m: rng.normal(size=m.shape), derive.host_masks(spec))
+    self.w = jax.tree.map(lambda m: rng.normal(size=m.shape), mask_ops.host_masks(spec))
     self.calls = []
 
   def scores(self, part, candidates):
@@ -36,7 +38,7 @@ class ScriptedEvaluator:
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_mpds_decisions_follow_algorithm_1(metric):
   ev = ScriptedEvaluator(SPEC, metric)
-  order = derive.decisions(SPEC)
+  order = scoring.decisions(SPEC)
   topos = SPEC.topologies()
   assert list(topos) == ["fusing", "fl", "normal", "reduce"]
   # Per part: every edge in edge order, then every inner node in order.
@@ -46,7 +48,7 @@ def test_mpds_decisions_follow_algorithm_1(metric):
       (p, "node", j) for j in range(t.n_inner)
     ]
   assert order == expect
-  masks, entries = derive.run_decisions(ev, order)
+  masks, entries = scoring.run_decisions(ev, order)
   sign = 1 if metric == "loss" else -1
   for entry in entries:
     c = entry["candidates"]
@@ -58,7 +60,7 @@ def test_mpds_decisions_follow_algorithm_1(metric):
       bad = np.array([sign * x["metric"] for x in c])
       want = sorted(np.argsort(-bad, kind="stable")[: topos[entry["part"]].k])
       assert entry["kept"] == [c[i]["source"] for i in want]
-  geno = genotype.Genotype.from_choice(derive.choice_from_masks(masks, topos), topos, SPEC.op_set)
+  geno = genotype.Genotype.from_choice(mask_ops.choice_from_masks(masks, topos), topos, SPEC.op_set)
   for p, t in topos.items():
     for j, node in enumerate(geno.parts[p].nodes):
       assert len(node) == t.keeps(j)  # k precedents; a stem's last node keeps all
@@ -71,9 +73,9 @@ def test_mpds_decisions_follow_algorithm_1(metric):
 
 
 def test_pt_order_is_seeded_random_edges_then_nodes():
-  a, b = derive.pt_decisions(SPEC, 0), derive.pt_decisions(SPEC, 1)
-  assert sorted(a) == sorted(derive.decisions(SPEC)) and a != derive.decisions(SPEC)
-  assert a == derive.pt_decisions(SPEC, 0) and a != b
+  a, b = pt.pt_decisions(SPEC, 0), pt.pt_decisions(SPEC, 1)
+  assert sorted(a) == sorted(scoring.decisions(SPEC)) and a != scoring.decisions(SPEC)
+  assert a == pt.pt_decisions(SPEC, 0) and a != b
   kinds = [k for _, k, _ in a]
   assert kinds == sorted(kinds)  # "edge" < "node": all edges first
 
@@ -104,12 +106,12 @@ def test_vmapped_derivation_equals_per_candidate_loop(trained_like):
   variables, alphas, batches = trained_like
   runs = {}
   for name, opts, devices in [
-    ("loop", derive.DeriveOptions(metric="loss", vmap=False), jax.devices()[:1]),
-    ("vmap", derive.DeriveOptions(metric="loss", chunk=4), jax.devices()),
+    ("loop", derivation.DeriveOptions(metric="loss", vmap=False), jax.devices()[:1]),
+    ("vmap", derivation.DeriveOptions(metric="loss", chunk=4), jax.devices()),
   ]:
-    ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts, devices=devices)
-    masks, entries = derive.run_decisions(ev, derive.decisions(NET))
-    runs[name] = (derive.choice_from_masks(masks, NET.topologies()), entries, ev)
+    ev = scoring.Evaluator(NET, variables, alphas, batches, opts=opts, devices=devices)
+    masks, entries = scoring.run_decisions(ev, scoring.decisions(NET))
+    runs[name] = (mask_ops.choice_from_masks(masks, NET.topologies()), entries, ev)
   (c_loop, e_loop, ev_loop), (c_vmap, e_vmap, ev_vmap) = runs["loop"], runs["vmap"]
   for p in c_loop:
     np.testing.assert_array_equal(c_loop[p], c_vmap[p])
@@ -137,14 +139,14 @@ def test_accuracy_metric_is_identical_and_compiles_once_per_stage(trained_like):
   """Accuracy counts are exact; more decisions (and chunk sizes) add no compilation, under
   pmap and shard_map."""
   variables, alphas, batches = trained_like
-  candidates = [derive.without_op(derive.host_masks(NET), "normal", 0, k) for k in (1, 2)]
+  candidates = [mask_ops.without_op(mask_ops.host_masks(NET), "normal", 0, k) for k in (1, 2)]
   got = {}
   for name, opts, n_compiled, mode in [
-    ("loop", derive.DeriveOptions(vmap=False), 1, "pmap"),
-    ("chunk3", derive.DeriveOptions(chunk=3), 3, "pmap"),
-    ("chunk2", derive.DeriveOptions(chunk=2), 3, "shard_map"),
+    ("loop", derivation.DeriveOptions(vmap=False), 1, "pmap"),
+    ("chunk3", derivation.DeriveOptions(chunk=3), 3, "pmap"),
+    ("chunk2", derivation.DeriveOptions(chunk=2), 3, "shard_map"),
   ]:
-    ev = derive.Evaluator(NET, variables, alphas, batches, opts=opts, mode=mode)
+    ev = scoring.Evaluator(NET, variables, alphas, batches, opts=opts, mode=mode)
     got[name] = ev.scores("normal", candidates)
     ev.scores("reduce", candidates[:2])
     ev.scores("normal", candidates[::-1])
@@ -160,10 +162,10 @@ def staged_equals_loop(spec, plan, *, chunk, seed):
   variables, alphas, batches = random_setup(spec, seed=seed)
   got = {}
   for name, opts in [
-    ("loop", derive.DeriveOptions(metric="loss", vmap=False)),
-    ("staged", derive.DeriveOptions(metric="loss", chunk=chunk)),
+    ("loop", derivation.DeriveOptions(metric="loss", vmap=False)),
+    ("staged", derivation.DeriveOptions(metric="loss", chunk=chunk)),
   ]:
-    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    ev = scoring.Evaluator(spec, variables, alphas, batches, opts=opts)
     got[name] = [ev.scores(part, cands) for part, cands in plan]
   for a, b in zip(got["loop"], got["staged"], strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5)
@@ -177,18 +179,18 @@ def test_vmapped_scoring_through_shared_normal_cells_equals_the_unshared_loop():
   assert shared.share_cell_bodies
   unshared = dataclasses.replace(shared, share_cell_bodies=False)
   variables, alphas, batches = random_setup(shared, seed=2)
-  base = derive.host_masks(shared)
+  base = mask_ops.host_masks(shared)
   plan = [
-    ("normal", [derive.without_op(base, "normal", e, k) for e, k in ((0, 1), (1, 2), (2, 1))]),
-    ("normal", [derive.without_edge(base, "normal", e) for e in (0, 1, 2)]),
-    ("reduce", [derive.without_op(base, "reduce", 1, k) for k in (1, 2)]),
+    ("normal", [mask_ops.without_op(base, "normal", e, k) for e, k in ((0, 1), (1, 2), (2, 1))]),
+    ("normal", [mask_ops.without_edge(base, "normal", e) for e in (0, 1, 2)]),
+    ("reduce", [mask_ops.without_op(base, "reduce", 1, k) for k in (1, 2)]),
   ]
   got = {}
   for name, spec, opts in [
-    ("loop", unshared, derive.DeriveOptions(metric="loss", vmap=False)),
-    ("vmap", shared, derive.DeriveOptions(metric="loss", chunk=3)),
+    ("loop", unshared, derivation.DeriveOptions(metric="loss", vmap=False)),
+    ("vmap", shared, derivation.DeriveOptions(metric="loss", chunk=3)),
   ]:
-    ev = derive.Evaluator(spec, variables, alphas, batches, opts=opts)
+    ev = scoring.Evaluator(spec, variables, alphas, batches, opts=opts)
     got[name] = [ev.scores(part, cands) for part, cands in plan]
   for a, b in zip(got["vmap"], got["loop"], strict=True):
     np.testing.assert_allclose(a, b, rtol=2e-5)
@@ -199,14 +201,14 @@ def test_staged_scoring_with_learnable_stems_equals_the_whole_network():
   """Fusing and FL Stem candidates: the stem stages, the cached other stem and the cells
   give the loop's metrics; the cache is recomputed only when a stem's masks change."""
   spec = dataclasses.replace(SPEC, op_set=("none", "skip_connect", "sep_conv_3x3"))
-  base = derive.host_masks(spec)
-  fused_edge = derive.without_edge(base, "fusing", 0)  # a stem decision already taken
+  base = mask_ops.host_masks(spec)
+  fused_edge = mask_ops.without_edge(base, "fusing", 0)  # a stem decision already taken
   plan = [
-    ("fusing", [derive.without_op(base, "fusing", 3, k) for k in (1, 2)]),
-    ("fusing", [derive.without_edge(base, "fusing", e) for e in (0, 1, 2)]),
-    ("fl", [derive.without_op(fused_edge, "fl", 1, k) for k in (1, 2)]),
-    ("normal", [derive.without_op(fused_edge, "normal", 0, k) for k in (1, 2)]),
-    ("reduce", [derive.without_edge(fused_edge, "reduce", e) for e in (2, 3, 4)]),
+    ("fusing", [mask_ops.without_op(base, "fusing", 3, k) for k in (1, 2)]),
+    ("fusing", [mask_ops.without_edge(base, "fusing", e) for e in (0, 1, 2)]),
+    ("fl", [mask_ops.without_op(fused_edge, "fl", 1, k) for k in (1, 2)]),
+    ("normal", [mask_ops.without_op(fused_edge, "normal", 0, k) for k in (1, 2)]),
+    ("reduce", [mask_ops.without_edge(fused_edge, "reduce", e) for e in (2, 3, 4)]),
   ]
   staged, ev = staged_equals_loop(spec, plan, chunk=3, seed=1)
   # fusing, fl, cells and the two reshapes of cached stem outputs (first, broadcast); no
@@ -223,13 +225,13 @@ def test_staged_scoring_with_one_learnable_stem_equals_the_whole_network():
   """A learnable Fusing Stem beside a concatenating FL Stem (the "- FL Stem" ablation): the
   manual stem's output comes from the stems stage, the learnable one's from its own."""
   spec = dataclasses.replace(
-    SPEC, op_set=("none", "skip_connect", "avg_pool_3x3"), fl_stem="concat"
+    SPEC, op_set=("none", "skip_connect", "avg_pool_3x3"), stems={"fl": "concat"}
   )
-  base = derive.host_masks(spec)
+  base = mask_ops.host_masks(spec)
   assert set(base) == {"fusing", "normal", "reduce"}
   plan = [
-    ("fusing", [derive.without_op(base, "fusing", 2, k) for k in (1, 2)]),
-    ("normal", [derive.without_op(base, "normal", 1, k) for k in (1, 2)]),
+    ("fusing", [mask_ops.without_op(base, "fusing", 2, k) for k in (1, 2)]),
+    ("normal", [mask_ops.without_op(base, "normal", 1, k) for k in (1, 2)]),
   ]
   _, ev = staged_equals_loop(spec, plan, chunk=2, seed=2)
   assert set(ev._runners) == {"fusing", "stems", "first", "broadcast", "cells"}
@@ -237,18 +239,20 @@ def test_staged_scoring_with_one_learnable_stem_equals_the_whole_network():
 
 def test_masks_change_the_score_only_where_applied(trained_like):
   variables, alphas, batches = trained_like
-  ev = derive.Evaluator(NET, variables, alphas, batches, opts=derive.DeriveOptions(metric="loss"))
-  base = derive.host_masks(NET)
+  ev = scoring.Evaluator(
+    NET, variables, alphas, batches, opts=derivation.DeriveOptions(metric="loss")
+  )
+  base = mask_ops.host_masks(NET)
   # Removing an op whose mixing weight is already masked to 0 changes nothing.
-  m0 = derive.without_op(base, "reduce", 1, 1)
-  same = derive.without_op(m0, "reduce", 1, 1)
-  s = ev.scores("reduce", [m0, same, derive.without_edge(base, "reduce", 1)])
+  m0 = mask_ops.without_op(base, "reduce", 1, 1)
+  same = mask_ops.without_op(m0, "reduce", 1, 1)
+  s = ev.scores("reduce", [m0, same, mask_ops.without_edge(base, "reduce", 1)])
   assert s[0] == s[1] and s[2] != s[0]
 
 
 def test_options_are_checked():
   with pytest.raises(ValueError, match="derive.method"):
-    derive.DeriveOptions(method="random")
+    derivation.DeriveOptions(method="random")
   with pytest.raises(ValueError, match="derive.metric"):
-    derive.DeriveOptions(metric="f1")
-  assert dataclasses.asdict(derive.DeriveOptions())["method"] == "mpds"
+    derivation.DeriveOptions(metric="f1")
+  assert dataclasses.asdict(derivation.DeriveOptions())["method"] == "mpds"

@@ -41,7 +41,8 @@ def test_decided_supernet_equals_derived_network():
 
 def test_derived_network_structure_and_droppath():
   # Cells only (the stems' structure has its own tests): half the compile time.
-  spec = tiny_spec(modalities=(Modality("WL", 3, False),), fusing_stem="identity", fl_stem="off")
+  wl = (Modality("WL", 3, False),)
+  spec = tiny_spec(modalities=wl, stems={"fusing": "identity", "fl": "off"})
   choice = random_choice(spec, seed=4)
   model = derived_net.make_derived_net(spec, choice)
   v = jax.eval_shape(lambda: derived_net.init(model, jax.random.PRNGKey(0)))
@@ -63,6 +64,18 @@ def test_derived_network_structure_and_droppath():
   d = jax.jit(lambda w: model.apply(w, images, train=True, mutable=["batch_stats"])[0])(w)
   assert not np.allclose(a, b)
   np.testing.assert_allclose(c, d, atol=1e-5)
+  # Per sample: four copies of one image come out different.
+  same = {k: jnp.broadcast_to(x[:1], (4, *x.shape[1:])) for k, x in images.items()}
+  g = jax.jit(
+    lambda w, i, k: model.apply(
+      w, i, train=True, drop_prob=0.5, rngs={"dropout": k}, mutable=["batch_stats"]
+    )[0]
+  )
+  out = np.asarray(g(w, same, jax.random.PRNGKey(2)))
+  assert len({out[i].tobytes() for i in range(4)}) > 1
+  # Off outside training, whatever the rate and key.
+  ev = jax.jit(lambda w, p, k: model.apply(w, images, train=False, drop_prob=p, rngs=k))
+  np.testing.assert_array_equal(ev(w, 0.5, {"dropout": jax.random.PRNGKey(3)}), ev(w, 0.0, None))
 
 
 @ops.register_op("test_nor_conv_7x7")
@@ -76,7 +89,7 @@ def test_registered_op_can_be_searched_and_derived():
   op_set = ("none", "skip_connect", "test_nor_conv_7x7", "max_pool_3x3")
   # Cells only (one modality, no learnable stems): a third of the step's compile time.
   spec = tiny_spec(
-    op_set=op_set, modalities=(Modality("WL", 3, False),), fusing_stem="identity", fl_stem="off"
+    op_set=op_set, modalities=(Modality("WL", 3, False),), stems={"fusing": "identity", "fl": "off"}
   )
   # Registered without channel_major=True: the supernet keeps its DAGs in NHWC for it.
   assert spec.resolved_dag_layout() == "NHWC"

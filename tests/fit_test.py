@@ -56,7 +56,7 @@ def test_demo_config_takes_modalities_classes_and_resolution_from_the_data(rgb_n
   assert fitted.model.resolution == 12
   assert cfg.model.modalities is None  # the caller's config is not changed
   spec = netspec.spec_from_config(fitted.model, phase="search")
-  assert spec.has_fl_stem  # the NIR modality is fluorescence: the FL Stem is kept
+  assert spec.stem_kind("fl") == "learnable"  # NIR is fluorescence: the FL Stem is kept
   assert "model fitted to" in caplog.text
 
 
@@ -68,7 +68,7 @@ def test_fl_stem_follows_the_fluorescence_flags(tmp_path):
   builder.build(bm, tmp_path / "b", builder.BuildOptions(resolution=None))
   fitted = fit.fit_config(get_config("medmnist"), dataset.load(tmp_path / "b"))
   spec = netspec.spec_from_config(fitted.model, phase="search")
-  assert not spec.has_fl_stem and spec.resolution == 28 and spec.num_classes == 2
+  assert spec.stem_kind("fl") == "off" and spec.resolution == 28 and spec.num_classes == 2
 
 
 def test_a_pinned_value_the_data_contradicts_is_an_error(rgb_nir):

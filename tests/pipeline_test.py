@@ -44,10 +44,17 @@ def test_crop_flip_is_shared_across_modalities():
   assert seen_shift
   same = augment.random_crop_flip(images, rng, padding=0, hflip=False, vflip=False)
   np.testing.assert_array_equal(same["WL"], wl)
-  flipped = augment.random_crop_flip(
-    {"x": wl}, np.random.default_rng(1), padding=0, hflip=True, vflip=False
-  )["x"]
-  assert np.array_equal(flipped, wl) or np.array_equal(flipped, wl[:, ::-1])
+  # Each flip fires in some draws and not in others, and nothing else happens to the image.
+  views = {"none": wl, "h": wl[:, ::-1], "v": wl[::-1], "hv": wl[::-1, ::-1]}
+  for hflip, vflip, want in ((True, False, {"none", "h"}), (False, True, {"none", "v"}),
+                             (True, True, set(views))):  # fmt: skip
+    seen = set()
+    for seed in range(40):
+      out = augment.random_crop_flip(
+        {"x": wl}, np.random.default_rng(seed), padding=0, hflip=hflip, vflip=vflip
+      )["x"]
+      seen |= {name for name, view in views.items() if np.array_equal(out, view)}
+    assert seen == want, (hflip, vflip, seen)
 
 
 def test_crop_is_a_window_of_the_zero_padded_image():

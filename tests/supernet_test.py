@@ -59,7 +59,7 @@ def test_paper_config_shapes(phase, c_sin):
   cfg = get_config("paper")
   spec = netspec.spec_from_config(cfg.model, phase=phase)
   assert spec.c_sin == c_sin
-  assert spec.stem_out_channels == 2 * c_sin  # C_sout = 2 * C_sin
+  assert spec.stem_channels("fusing") == spec.stem_channels("fl") == 2 * c_sin  # C_sout = 2 * C_sin
   assert spec.cells == ("reduce", "normal") * 3  # L = 3 (K + 1), reduction first
   out = module_outputs(spec)
   for m in ("WL", "NIR1", "NIR2"):
@@ -157,7 +157,7 @@ def test_wl_only_omits_fl_stem_and_logs(caplog):
   "fusing,fl", [("concat", "learnable"), ("learnable", "concat"), ("concat", "concat")]
 )
 def test_stem_ablations(fusing, fl):
-  spec = tiny_spec(fusing_stem=fusing, fl_stem=fl)
+  spec = tiny_spec(stems={"fusing": fusing, "fl": fl})
   parts = spec.topologies()
   assert ("fusing" in parts) == (fusing == "learnable")
   assert ("fl" in parts) == (fl == "learnable")
@@ -288,9 +288,18 @@ def test_jit_apply_equals_apply():
   eager = f(v, images, alphas, masks)
   jitted = jax.jit(f)(v, images, alphas, masks)
   chex.assert_trees_all_close(eager, jitted, atol=1e-5, rtol=1e-5)
-  # Eval mode uses running statistics and no DropPath: deterministic.
-  g = jax.jit(lambda v, i, a, m: supernet.apply(v, i, a, m, spec=spec, train=False)[0])
-  np.testing.assert_array_equal(g(v, images, alphas, masks), g(v, images, alphas, masks))
+
+  # Eval mode uses running statistics and no DropPath: a DropPath key and rate change
+  # nothing, and the result is not training mode's (batch statistics).
+  def g(rngs, p):
+    run = lambda v, i, a, m: supernet.apply(
+      v, i, a, m, spec=spec, train=False, rngs=rngs, drop_prob=p
+    )[0]
+    return jax.jit(run)(v, images, alphas, masks)
+
+  plain = g(None, 0.0)
+  np.testing.assert_array_equal(g(rngs, 0.5), plain)
+  assert not np.allclose(plain, eager[0], atol=1e-3)
 
 
 def test_masks_are_traced_arguments():
@@ -323,12 +332,32 @@ def test_masks_are_traced_arguments():
 def test_drop_path_is_per_sample_and_off_in_eval():
   topo, op_set, ctx, dag, xs, w, v = dag_setup()
   dp = MixedDAG(topo, op_set, 4, False, ctx, drop_path=True)
-  run = jax.jit(lambda p, key: dp.apply(v, xs, w, p, rngs={"dropout": key}))
-  a = run(0.5, jax.random.PRNGKey(0))
-  b = run(0.5, jax.random.PRNGKey(1))
-  c = run(0.0, jax.random.PRNGKey(1))
+  run = jax.jit(lambda p, key, xs: dp.apply(v, xs, w, p, rngs={"dropout": key}))
+  a = run(0.5, jax.random.PRNGKey(0), xs)
+  b = run(0.5, jax.random.PRNGKey(1), xs)
+  c = run(0.0, jax.random.PRNGKey(1), xs)
   assert not np.allclose(a[0], b[0])
   np.testing.assert_allclose(c[0], jax.jit(lambda: dag.apply(v, xs, w))()[0], atol=1e-6)
+  # Per sample: eight copies of one example come out different (one mask per batch would
+  # treat them alike).
+  same = [jnp.broadcast_to(x[:1], (8, *x.shape[1:])) for x in xs]
+  out = np.asarray(run(0.5, jax.random.PRNGKey(2), same)[-1])
+  assert len({out[i].tobytes() for i in range(8)}) > 1
+  # The supernet turns it off outside training, whatever the rate and key.
+  spec = cells_only_spec()
+  sv = supernet.init(spec, jax.random.PRNGKey(0))
+  alphas, masks = supernet.init_alphas(spec, jax.random.PRNGKey(1)), supernet.init_masks(spec)
+  images = random_images(spec)
+
+  def net(train, p, key):
+    f = lambda: supernet.apply(
+      sv, images, alphas, masks, spec=spec, train=train, drop_prob=p,
+      rngs=None if key is None else {"dropout": key}, update_stats=False,
+    )[0]  # fmt: skip
+    return np.asarray(jax.jit(f)())
+
+  np.testing.assert_array_equal(net(False, 0.5, jax.random.PRNGKey(3)), net(False, 0.0, None))
+  assert not np.allclose(net(True, 0.5, jax.random.PRNGKey(3)), net(True, 0.0, None))
 
 
 @pytest.mark.parametrize("reduction", [False, True])
@@ -575,8 +604,8 @@ def test_network_stages_compose_to_the_whole_network():
 
   whole = run()
   stems = run(stage="stems")
-  assert set(stems) == {"fused", "fl"}
-  np.testing.assert_array_equal(run(stage="fusing"), stems["fused"])
+  assert set(stems) == {"fusing", "fl"}
+  np.testing.assert_array_equal(run(stage="fusing"), stems["fusing"])
   np.testing.assert_array_equal(run(stage="fl"), stems["fl"])
   np.testing.assert_allclose(run(stage="cells", stem_features=stems), whole, atol=1e-6)
   # The cells stage needs no stem masks.

@@ -91,3 +91,34 @@ def test_weight_average_follows_the_formula_and_is_what_inference_uses():
   assert max(moved) > 1e-4  # the average lags the weights
   v = train.inference_variables(state)
   assert v["params"] is state["ema"] and v["batch_stats"] is state["batch_stats"]
+
+
+@pytest.mark.heavy
+def test_a_non_finite_loss_stops_search_and_training_naming_the_step(tmp_path, monkeypatch):
+  """With a loss that is NaN from the first step, neither job runs on: each stops at epoch 1,
+  batch 1 with an error naming the step and the checkpoint kept (a check that is removed or
+  skipped lets the job finish, and this test fails)."""
+  from conftest import TINY_PIPELINE, built_breast_subset
+  from genotype_test import random_choice
+
+  from dlsjax import genotype, losses, netspec, search
+  from dlsjax.main import load_config
+
+  data = built_breast_subset(tmp_path / "data")
+  config = load_config("demo", TINY_PIPELINE)
+  config.search.epochs = 2
+  monkeypatch.setattr(
+    losses, "focal_loss", lambda logits, target, **kw: float("nan") * logits.sum()
+  )
+  with pytest.raises(search.SearchError, match=r"non-finite loss at epoch 1, batch 1 \(global"):
+    search.search(config, data, tmp_path / "search", progress=False)
+  assert not (tmp_path / "search" / "alphas.npz").exists()
+
+  fitted = config.copy_and_resolve_references()
+  spec = netspec.spec_from_config(fitted.model, phase="train")
+  choice = random_choice(spec, seed=1)
+  geno = genotype.Genotype.from_choice(choice, spec.topologies(), spec.op_set)
+  geno.save(tmp_path / "genotype.json")
+  with pytest.raises(train.TrainError, match=r"non-finite loss at epoch 1, batch 1;"):
+    train.train(config, tmp_path / "genotype.json", data, tmp_path / "train", progress=False)
+  assert not (tmp_path / "train" / "run0" / "metrics.jsonl").exists()
