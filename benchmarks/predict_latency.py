@@ -25,9 +25,7 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__)
   ap.add_argument("--size", type=int, default=256, help="raw image size in pixels")
   ap.add_argument("--specimens", type=int, default=10)
-  ap.add_argument(
-    "--depthwise", default="auto", help="model.depthwise_impl (auto|xla|dense|toeplitz)"
-  )
+  ap.add_argument("--depthwise", default="auto", help="model.depthwise_impl (auto|xla|toeplitz)")
   args = ap.parse_args(argv)
 
   import jax

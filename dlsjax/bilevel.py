@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dlsjax import layers, losses, optim, supernet
+from dlsjax import layers, losses, optim, sharding, supernet
 from dlsjax import rng as rng_lib
 from dlsjax.netspec import NetworkSpec
 
@@ -35,10 +35,10 @@ class SearchHParams:
   steps_per_epoch: int = 1
   order: str = "first"  # first | second
   w_lr: float = 2.5e-3
-  w_lr_min: float = 1e-5
+  w_lr_min: float = 1e-5  # cosine annealing floor
   w_momentum: float = 0.9
   w_weight_decay: float = 3e-4
-  grad_clip: float = 5.0  # 0 disables
+  grad_clip: float = 5.0  # as in DARTS; 0 disables
   alpha_lr: float = 6e-4
   alpha_weight_decay: float = 1e-3
   alpha_b1: float = 0.5
@@ -50,34 +50,11 @@ class SearchHParams:
   alpha_warmup_epochs: int = 0
   focal_gamma: float = 2.0
   focal_alpha: float = 1.0
-  drop_path: float = 0.2
-  # First order: run the alpha phase and the weight phase through one
-  # compiled forward+backward (a 2-step ``lax.scan`` over the phases) instead
-  # of two. Halves compile time and code size; the price is the weight
-  # gradient computed (and discarded) in the alpha phase. Same arithmetic
-  # otherwise (tested).
-  fuse_phases: bool = True
-  # Second order, the same for its three gradients (the virtual step's weight
-  # gradient, the gradient at the virtual weights, the weight phase: 3 graphs
-  # -> 1), with the mixed second-derivative product (a jvp) under a
-  # ``lax.cond`` in the same body. Same arithmetic (tested). On the 2-core
-  # CPU, in five back-to-back pairs on the canonical step, it compiled 25-34%
-  # faster and peaked 18-20% lower, at the same speed within the machine's
-  # drift (-7% to +14%, the last two pairs -1% and 0%; benchmarks/RESULTS.md),
-  # so it is the default. False: one graph per gradient.
-  fuse_second_order: bool = True
-  # Second order: how the mixed product (d2 L_train / dw dalpha) v is
-  # differentiated (:func:`mixed_product`): "fwd_rev" (forward-over-reverse,
-  # the issue's choice and the default) or "rev_fwd" (reverse-over-forward).
-  mixed_product: str = "fwd_rev"
+  drop_path: float = 0.2  # fixed during the search
 
   def __post_init__(self):
     if self.order not in ("first", "second"):
       raise ValueError(f"search.order must be 'first' or 'second', got {self.order!r}")
-    if self.mixed_product not in ("fwd_rev", "rev_fwd"):
-      raise ValueError(
-        f"search.mixed_product must be 'fwd_rev' or 'rev_fwd', got {self.mixed_product!r}"
-      )
 
   @classmethod
   def from_config(cls, search_cfg, steps_per_epoch: int) -> SearchHParams:
@@ -183,23 +160,13 @@ def virtual_weights(h: SearchHParams, xi, params, momentum, g_w):
   )
 
 
-def mixed_product(loss_fn, params, alphas, stats, batch, rng, v, mode: str = "fwd_rev"):
-  """``(d2 L / dw dalpha) v`` of ``loss_fn`` (BN statistics not updated).
+def mixed_product(loss_fn, params, alphas, stats, batch, rng, v):
+  """``(d2 L / dw dalpha) v`` of ``loss_fn`` (BN statistics not updated), exactly.
 
-  ``mode="fwd_rev"`` (forward-over-reverse): ``jax.jvp`` of the alpha gradient
-  in the weight direction ``v``. ``mode="rev_fwd"`` (reverse-over-forward):
-  ``jax.grad`` over the alphas of the directional derivative ``jvp(L, v)``.
-  Both are exact and equal (tested). On the 2-core CPU they compile and run
-  alike (benchmarks/RESULTS.md, fifth session: timed alone 10.8 vs 11.0 s,
-  within the full step 6% apart in one pair of runs); the option is there for
-  backends where the two orders differ.
+  Forward-over-reverse: ``jax.jvp`` of the alpha gradient in the weight
+  direction ``v``. (Reverse-over-forward gives the same numbers at the same
+  cost on the CPU measured; it is the reference in ``tests/reference_steps.py``.)
   """
-  if mode == "rev_fwd":
-
-    def directional(a):
-      return jax.jvp(lambda p: loss_fn(p, a, stats, batch, rng, False)[0], (params,), (v,))[1]
-
-    return jax.grad(directional)(alphas)
 
   def alpha_grad(p):
     return jax.grad(lambda a: loss_fn(p, a, stats, batch, rng, False)[0])(alphas)
@@ -210,55 +177,6 @@ def mixed_product(loss_fn, params, alphas, stats, batch, rng, v, mode: str = "fw
 def _select(cond, new, old):
   """``new`` where the traced ``cond`` holds, else ``old``, leaf by leaf."""
   return jax.tree.map(lambda n, o: jnp.where(cond, n, o), new, old)
-
-
-def make_alpha_grad(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
-  """``alpha_grad(state, train_batch, val_batch, r_train, r_val) -> (g, loss, logits, stats)``.
-
-  First order: ``dL_val/dalpha`` at the current weights. Second order (eq. 5):
-  the gradient of ``L_val(w', alpha)`` with ``w' = w - xi (mu m + dL_train/dw
-  + wd w)``, the DARTS virtual step (momentum ``m`` and weight decay included,
-  ``xi`` the current weight lr), differentiated exactly through ``w'``:
-  ``dL_val/dalpha - xi (d2 L_train / dw dalpha) v`` with ``v = dL_val/dw'``;
-  the mixed second-derivative product is computed exactly by autodiff
-  (forward-over-reverse by default, ``h.mixed_product``), not by finite
-  differences. ``stats`` are the BN statistics after the validation forward.
-  """
-  loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
-  schedule = weight_lr(h)
-
-  def pmean(x):
-    return jax.lax.pmean(x, axis_name) if axis_name else x
-
-  def first(state, train_batch, val_batch, r_train, r_val):
-    grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
-    (loss, (logits, stats)), g = grad_fn(
-      state["params"], state["alphas"], state["batch_stats"], val_batch, r_val, True
-    )
-    return pmean(g), loss, logits, stats
-
-  def second(state, train_batch, val_batch, r_train, r_val):
-    params, alphas, stats = state["params"], state["alphas"], state["batch_stats"]
-    xi = schedule(state["step"])
-    mom = momentum_buffer(state["opt_w"])
-
-    def train_loss(p, a):
-      return loss_fn(p, a, stats, train_batch, r_train, False)[0]
-
-    g_w = pmean(jax.grad(train_loss)(params, alphas))
-    virtual = virtual_weights(h, xi, params, mom, g_w)
-    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-    (loss, (logits, new_stats)), (g_wv, g_a) = grad_fn(
-      virtual, alphas, stats, val_batch, r_val, True
-    )
-    g_wv = pmean(g_wv)
-    mixed = mixed_product(
-      loss_fn, params, alphas, stats, train_batch, r_train, g_wv, h.mixed_product
-    )
-    g = jax.tree.map(lambda d, m: d - xi * m, pmean(g_a), pmean(mixed))
-    return g, loss, logits, new_stats
-
-  return first if h.order == "first" else second
 
 
 def vmap_invariant_key(key):
@@ -273,74 +191,67 @@ def vmap_invariant_key(key):
   return jax.random.wrap_key_data(data.reshape(-1)[:2], impl="threefry2x32")
 
 
+def step_keys(state, rng, axis_name: str | None):
+  """``(r_train, r_val)``: this step's DropPath keys (per device under ``axis_name``)."""
+  rng = rng_lib.step_key(rng, state["step"], axis_name)
+  return tuple(vmap_invariant_key(k) for k in jax.random.split(rng))
+
+
+def finish_step(h, state, params, alphas, stats, opt_w, opt_a, train, val, g_norms, axis_name):
+  """The new state and the step's metrics; ``train``/``val`` are ``(loss, logits, labels)``,
+  ``g_norms`` the weight and alpha gradients' norms."""
+  metrics = {
+    "train_loss": train[0],
+    "train_acc": losses.accuracy(train[1], train[2]),
+    "val_loss": val[0],
+    "val_acc": losses.accuracy(val[1], val[2]),
+    "w_grad_norm": g_norms[0],
+    "alpha_grad_norm": g_norms[1],
+    "w_lr": weight_lr(h)(state["step"]),
+  }
+  new_state = {
+    "params": params,
+    "batch_stats": sharding.pmean(stats, axis_name),
+    "alphas": alphas,
+    "opt_w": opt_w,
+    "opt_a": opt_a,
+    "step": state["step"] + 1,
+  }
+  return new_state, sharding.pmean(metrics, axis_name)
+
+
 def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
   """``step(state, train_batch, val_batch, rng) -> (state, metrics)`` for one device.
 
   ``train_batch`` (weight half) and ``val_batch`` (alpha half) are this
-  device's shards ``{"images", "label", "target", ...}``. With ``axis_name``
-  None it runs without collectives (a single device, no mapping).
+  device's shards ``{"images", "label", "target", ...}``; ``rng`` is raw key
+  data or a typed key (``dlsjax.rng``). With ``axis_name`` None it runs
+  without collectives (a single device, no mapping).
+
+  The phases of a step run through one compiled forward+backward, a short
+  ``lax.scan`` over the phases: first order, the alpha phase then the weight
+  phase (the price: the weight gradient of the alpha phase, computed and
+  dropped); second order, the virtual step's weight gradient, the gradients
+  at the virtual weights with the mixed product under a ``lax.cond``, then
+  the weight phase. Same arithmetic as one graph per gradient, at a fraction
+  of the compile time (benchmarks/RESULTS.md); ``tests/reference_steps.py``
+  holds that unfused step, and the tests pin this one to it.
   """
   w_tx, a_tx = weight_optimizer(h), alpha_optimizer(h)
   schedule = weight_lr(h)
   loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
-  alpha_grad = make_alpha_grad(spec, h, axis_name=axis_name)
 
   def pmean(x):
-    return jax.lax.pmean(x, axis_name) if axis_name else x
-
-  def split_rng(state, rng):
-    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
-    if axis_name:  # each device draws its own DropPath masks
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    return tuple(vmap_invariant_key(k) for k in jax.random.split(rng))
+    return sharding.pmean(x, axis_name)
 
   def finish(state, params, alphas, stats, opt_w, opt_a, train, val, g_norms):
-    """New state and metrics; ``train``/``val`` are ``(loss, logits, labels)``."""
-    metrics = {
-      "train_loss": train[0],
-      "train_acc": losses.accuracy(train[1], train[2]),
-      "val_loss": val[0],
-      "val_acc": losses.accuracy(val[1], val[2]),
-      "w_grad_norm": g_norms[0],
-      "alpha_grad_norm": g_norms[1],
-      "w_lr": schedule(state["step"]),
-    }
-    new_state = {
-      "params": params,
-      "batch_stats": pmean(stats),
-      "alphas": alphas,
-      "opt_w": opt_w,
-      "opt_a": opt_a,
-      "step": state["step"] + 1,
-    }
-    return new_state, pmean(metrics)
-
-  def step(state, train_batch, val_batch, rng):
-    r_train, r_val = split_rng(state, rng)
-
-    # 1. Architecture weights on the alpha half (DARTS updates them first).
-    g_a, val_loss, val_logits, stats = alpha_grad(state, train_batch, val_batch, r_train, r_val)
-    upd, opt_a = a_tx.update(g_a, state["opt_a"], state["alphas"])
-    alphas = optax.apply_updates(state["alphas"], upd)
-
-    # 2. Network weights on the weight half, with the new alphas.
-    grad_fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
-    (train_loss, (train_logits, stats)), g_w = grad_fn(
-      state["params"], alphas, stats, train_batch, r_train, True
+    return finish_step(
+      h, state, params, alphas, stats, opt_w, opt_a, train, val, g_norms, axis_name
     )
-    g_w = pmean(g_w)
-    upd, opt_w = w_tx.update(g_w, state["opt_w"], state["params"])
-    params = optax.apply_updates(state["params"], upd)
-    return finish(
-      state, params, alphas, stats, opt_w, opt_a,
-      (train_loss, train_logits, train_batch["label"]),
-      (val_loss, val_logits, val_batch["label"]),
-      (optax.global_norm(g_w), optax.global_norm(g_a)),
-    )  # fmt: skip
 
   def fused_step(state, train_batch, val_batch, rng):
     """First order, both phases through one scan body: phase 0 alphas, phase 1 weights."""
-    r_train, r_val = split_rng(state, rng)
+    r_train, r_val = step_keys(state, rng, axis_name)
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
 
     def phase(carry, xs):
@@ -374,18 +285,17 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
     0: ``dL_train/dw`` at ``(w, alpha)`` for the virtual step (statistics not
     kept); 1: the gradients at ``(w', alpha)`` on the alpha half, then (under
     ``lax.cond``, only in this phase) the mixed product and the alpha update,
-    as :func:`make_alpha_grad`'s ``second``; 2: the weight phase.
+    as eq. 5 (the DARTS virtual step, momentum and weight decay included); 2:
+    the weight phase.
     """
-    r_train, r_val = split_rng(state, rng)
+    r_train, r_val = step_keys(state, rng, axis_name)
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
     xi = schedule(state["step"])
     mom = momentum_buffer(state["opt_w"])
     params0, stats0 = state["params"], state["batch_stats"]
 
     def mixed(alphas, g_wv):
-      return pmean(
-        mixed_product(loss_fn, params0, alphas, stats0, train_batch, r_train, g_wv, h.mixed_product)
-      )
+      return pmean(mixed_product(loss_fn, params0, alphas, stats0, train_batch, r_train, g_wv))
 
     def phase(carry, xs):
       params, alphas, stats, opt_w, opt_a, g_w0 = carry
@@ -421,9 +331,7 @@ def make_search_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
       (g_norm[2], g_norm[1]),
     )  # fmt: skip
 
-  if h.order == "first":
-    return fused_step if h.fuse_phases else step
-  return fused_second_step if h.fuse_second_order else step
+  return fused_step if h.order == "first" else fused_second_step
 
 
 def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | None = "data"):
@@ -437,15 +345,12 @@ def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
   loss_fn = make_loss_fn(spec, h, axis_name=axis_name)
 
   def step(state, batch, masks, rng):
-    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
-    if axis_name:
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    rng = rng_lib.step_key(rng, state["step"], axis_name)
     grad_fn = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)
     (loss, (logits, stats)), g = grad_fn(
       state["params"], state["alphas"], state["batch_stats"], batch, rng, True, masks
     )
-    if axis_name:
-      g, stats = jax.lax.pmean((g, stats), axis_name)
+    g, stats = sharding.pmean((g, stats), axis_name)
     upd, opt_w = w_tx.update(g, state["opt_w"], state["params"])
     new_state = {
       **state,
@@ -455,8 +360,6 @@ def make_weight_step(spec: NetworkSpec, h: SearchHParams, *, axis_name: str | No
       "step": state["step"] + 1,
     }
     metrics = {"loss": loss, "acc": losses.accuracy(logits, batch["label"])}
-    if axis_name:
-      metrics = jax.lax.pmean(metrics, axis_name)
-    return new_state, metrics
+    return new_state, sharding.pmean(metrics, axis_name)
 
   return step

@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-DEPTHWISE_IMPLS = ("auto", "xla", "dense", "toeplitz")
+DEPTHWISE_IMPLS = ("auto", "xla", "toeplitz")
 LAYOUTS = ("NHWC", "CNHW")
 
 
@@ -158,9 +158,7 @@ def conv(
   A channel-major (``CNHW``) input is convolved in NHWC between two
   transposes. Inside a ``lax.scan`` body (the supernet DAG) XLA's CPU backend
   emits a ``CNHW`` convolution as a generic loop nest instead of its fast
-  convolution kernel: a 5x5 convolution, 8 -> 24 channels, batch 144 at 8x8,
-  took 15 ms per call inside a scan against 2.5 ms outside, and 1.6 ms in
-  NHWC with the transposes (2-core CPU; benchmarks/RESULTS.md, MPDS section).
+  convolution kernel, several times slower than NHWC with the transposes.
   """
   channel_axis(layout)
   if layout == "CNHW":
@@ -178,9 +176,8 @@ def conv(
   pads = ((p, p), (p, p))
   if p and dilation * (k - 1) + 1 > min(x.shape[1:3]):
     # A kernel wider than the image (5x5 at 4x4): XLA's CPU backend rewrites
-    # the padded convolution into a slow form (20.6 ms vs 2.4 ms for 16 -> 48
-    # channels, batch 144, in a scan); padding first and a VALID convolution
-    # avoids that (same values).
+    # the padded convolution into a much slower form inside a scan; padding
+    # first and a VALID convolution avoids that (same values).
     x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     pads = ((0, 0), (0, 0))
   return lax.conv_general_dilated(
@@ -210,8 +207,7 @@ def resolve_depthwise_impl(impl: str) -> str:
   benchmarks/RESULTS.md): XLA's CPU depthwise convolution is 4-17x slower
   than ``toeplitz`` (a batched matmul) in every case the supernet has:
   unbatched, a kernel batched over edges with a shared input, and input and
-  kernel both batched (the second block of a separable conv, where ``dense``
-  degrades to a grouped convolution). GPUs/TPUs have fast native depthwise
+  kernel both batched (the second block of a separable conv). GPUs/TPUs have fast native depthwise
   kernels, so ``auto`` picks ``xla`` there.
   """
   if impl not in DEPTHWISE_IMPLS:
@@ -250,8 +246,8 @@ def depthwise_toeplitz(x, kernel_HW1C, *, stride: int = 1, dilation: int = 1, la
   """:func:`depthwise_toeplitz_raw` under ``jax.checkpoint``.
 
   The stacked row slices are ``k`` times the input; saved for the backward
-  pass they made a canonical DARTS search step take 16 GB. Rematerialised,
-  only the input and kernel are kept (the slices are cheap to redo).
+  pass they dominated a search step's memory. Rematerialised, only the input
+  and kernel are kept (the slices are cheap to redo).
   """
   return _depthwise_toeplitz(x, kernel_HW1C, stride, dilation, layout)
 
@@ -300,23 +296,20 @@ def depthwise_conv(
   impl: str = "auto",
   layout: str = "NHWC",
 ):
-  """Depthwise kxk convolution; every implementation gives the same output.
+  """Depthwise kxk convolution; both implementations give the same output.
 
-  * ``xla``: ``feature_group_count = C`` (native depthwise).
-  * ``dense``: a dense convolution whose kernel is block diagonal,
-    ``w[..., None] * eye(C)``; more FLOPs, a faster code path on CPU than
-    ``xla`` but slow under a vmap that batches the input too.
+  * ``xla``: ``feature_group_count = C`` (native depthwise), the accelerators' default.
   * ``toeplitz``: :func:`depthwise_toeplitz`, the CPU default.
+
+  (A dense convolution with a block-diagonal kernel lost on CPU; it is the
+  reference of ``tests/ops_test.py`` and ``benchmarks/depthwise_variants.py``.)
   """
   c = x.shape[channel_axis(layout)]
   impl = resolve_depthwise_impl(impl)
   kw = dict(stride=stride, dilation=dilation, layout=layout)
   if impl == "xla":
     return conv(x, kernel_HW1C, feature_group_count=c, **kw)
-  if impl == "toeplitz":
-    return depthwise_toeplitz(x, kernel_HW1C, **kw)
-  dense = kernel_HW1C[:, :, 0, :, None] * jnp.eye(c, dtype=kernel_HW1C.dtype)
-  return conv(x, dense, **kw)
+  return depthwise_toeplitz(x, kernel_HW1C, **kw)
 
 
 def _height_axis(layout: str) -> int:
@@ -392,12 +385,11 @@ def _max_pool_jvp(stride, layout, primals, tangents):
   Written with nine strided slices and selects on the window's first-maximum
   index (:func:`max_pool_tap`), so its transpose (the gradient) is nine pads
   that XLA fuses into one loop; the derivative XLA derives for
-  ``reduce_window`` (a variadic arg-max window, then a scatter) took ~9x the
-  forward time on a 2-core CPU. The index is computed once and kept as an
+  ``reduce_window`` (a variadic arg-max window, then a scatter) is many
+  times the forward's cost on CPU. The index is computed once and kept as an
   ``int8`` tensor: recomputed inside the gradient's loop from the window's
-  values (a chain of compares per tap) the gradient took 8x the time of an
-  average pooling's, 60 ms for ``[16, 32, 32, 32]`` (2-core CPU,
-  benchmarks/RESULTS.md). Plain JAX: forward-over-reverse works too.
+  values (a chain of compares per tap) it made max pooling the slowest op
+  of a cell (benchmarks/RESULTS.md). Plain JAX: forward-over-reverse works too.
   """
   (x,), (dx,) = primals, tangents
   y = _max_pool(x, stride, layout)
@@ -425,9 +417,8 @@ def init_key(rng):
 
   ``unsafe_rbg``: parameter values come from XLA's RngBitGenerator instead
   of threefry, whose 20 rounds XLA unrolls into the graph once per parameter
-  tensor; measured on a 2-core CPU, that halves the compile time of a
-  network's jitted ``init`` (cells-only test supernet 11.3 -> 5.6 s, with
-  both stems 24.9 -> 11.7 s). Deterministic for a given seed and backend;
+  tensor, which roughly doubles the compile time of a network's jitted
+  ``init`` (benchmarks/RESULTS.md). Deterministic for a given seed and backend;
   the values differ from threefry's (and may differ across backends), like
   any change of PRNG. A typed key (``dlsjax.rng.key``) gives the values of
   its raw data.
@@ -444,9 +435,8 @@ def param(module: nn.Module, name: str, init_fn, shape: tuple[int, ...], *args):
 
   Flax's ``param`` checks an existing parameter by tracing ``init_fn`` again
   (``jax.eval_shape``) every time a module is applied; over the thousands of
-  kernels of a supernet that was ~30% of the trace time of every step
-  (``dlsjax describe --preset darts_v2``: 1,838 abstract inits, 8.4 s of
-  30 s). The shape is checked directly instead.
+  kernels of a supernet that was a large share of the trace time of every
+  step. The shape is checked directly instead.
   """
   if module.has_variable("params", name):
     value = module.get_variable("params", name)

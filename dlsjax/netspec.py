@@ -64,7 +64,7 @@ class NetworkSpec:
       for ``s0`` of the first two cells (default 2). With 1, cell 1 gets the
       Fusing Stem output as ``s0`` instead.
     resolution: input height = width.
-    depthwise_impl: ``auto`` | ``xla`` | ``dense`` | ``toeplitz`` (see layers.depthwise_conv).
+    depthwise_impl: ``auto`` | ``xla`` | ``toeplitz`` (see layers.depthwise_conv).
     scan_unroll: unroll the supernet's scans over source nodes (a larger
       graph; used by ``describe`` because XLA's cost analysis counts a loop
       body once).
@@ -72,10 +72,8 @@ class NetworkSpec:
       backward pass (``jax.checkpoint`` of the scan body): only the scan
       carry is kept per source, every operation's intermediates are
       recomputed. Same values. ``True``, ``False`` or ``"auto"`` (on CPU
-      only, where it was measured: a DARTS normal cell's forward+backward
-      needs a third of the memory and runs ~15% faster, the canonical
-      search step went from 12.8 to 2.7 GB; GPU steps were measured
-      without it).
+      only, where it was measured to cut the search step's memory several
+      times and run faster; GPU steps were measured without it).
     dag_layout: layout of the supernet's node tensors inside each DAG:
       ``NHWC``, channel-major ``CNHW`` or ``auto`` (``CNHW`` on CPU when
       every op of ``op_set`` supports it, else ``NHWC``). On CPU the
@@ -88,10 +86,9 @@ class NetworkSpec:
       weight: 20 edge evaluations for the 14 edges of a DARTS normal cell),
       ``edge`` (the input sources as in ``source``, then the inner sources'
       edges one per scan step: exactly 14, and no slot axis in their
-      operations) or ``auto`` (``edge`` on CPU, where it was measured: the
-      canonical first-order search step 1.75 -> 2.12 img/s on one device,
-      2.00 -> 2.26-2.33 img/s on two host devices; ``source`` elsewhere, as measured on
-      GPUs). Same values and parameters; one more compiled body per normal
+      operations) or ``auto`` (``edge`` on CPU, where it was measured
+      faster; ``source`` elsewhere, as measured on GPUs; benchmarks/RESULTS.md).
+      Same values and parameters; one more compiled body per normal
       cell. A derivation (MPDS) keeps ``source``, the form its speed was
       measured in.
     dag_split_inputs: scan the input sources of each learnable stem's DAG

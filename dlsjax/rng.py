@@ -45,3 +45,12 @@ def wrap(k) -> jax.Array:
   if words not in (2, 4):
     raise ValueError(f"raw key data must have 2 (threefry) or 4 (rbg) words, got shape {k.shape}")
   return jax.random.wrap_key_data(k, impl=IMPL if words == 4 else "threefry2x32")
+
+
+def step_key(k, step, axis_name: str | None = None) -> jax.Array:
+  """The key of one step of a per-device function: ``k`` folded with the step and, under
+  ``axis_name``, with the device's index (each device draws its own DropPath masks)."""
+  k = jax.random.fold_in(wrap(k), step)
+  if axis_name:
+    k = jax.random.fold_in(k, jax.lax.axis_index(axis_name))
+  return k

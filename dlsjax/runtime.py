@@ -30,11 +30,11 @@ TRITON_GEMM_FLAG = "--xla_gpu_enable_triton_gemm=false"
 def _gpu_gemm_flag() -> None:
   """Use cuBLAS instead of XLA's Triton GEMM fusions on GPUs, unless XLA_FLAGS says otherwise.
 
-  Measured on an NVIDIA H200 (JAX 0.11.2, 2026-11-27): with Triton GEMM fusions the
-  second-order search step and the MPDS scoring function abort in XLA's compiler
-  (``triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size``),
-  and the first-order step had not finished compile + 11 steps in 130 s; with cuBLAS all
-  three compile (first order in 59 s, then 0.58 s per step). The flag is part of every
+  With Triton GEMM fusions (JAX 0.11.2 on an H200) the second-order search step and the
+  MPDS scoring function abort in XLA's compiler
+  (``triton_tiling_propagation.cc: Check failed: subdim_size_accumulator == dim_size``) and
+  the first-order step compiled far slower; with cuBLAS all three compile
+  (benchmarks/RESULTS.md, "Search step (GPU)"). The flag is part of every
   jaxlib's flag set, so it is harmless on CPU and TPU. It only takes effect if no backend has
   started yet; set ``XLA_FLAGS=--xla_gpu_enable_triton_gemm=true`` to keep Triton.
   """

@@ -19,13 +19,13 @@ import json
 import logging
 import math
 import pathlib
-import time
 
 import jax
 import numpy as np
 
-from dlsjax import bilevel, checkpoint, distributed, genotype, netspec, plots, sharding, tblog
+from dlsjax import bilevel, checkpoint, distributed, genotype, loop, netspec, plots, sharding, tblog
 from dlsjax import rng as rng_lib
+from dlsjax.configs import check_keys
 from dlsjax.data import dataset, pipeline
 from dlsjax.data.fit import fit_config
 
@@ -93,12 +93,17 @@ def search(
   their states and data (one compiled step, one process): ``workdir/seed{k}``
   holds what ``search`` with ``config.seed = k`` and ``workdir=workdir/seed{k}``
   writes alone, and the returned state has a leading seed axis.
-  ``stop_after`` ends the run after that many steps in this call (for tests
-  and benchmarks; a later ``resume`` continues). ``on_checkpoint()`` is called
+  ``stop_after`` ends the run after that many steps in this call, without a
+  checkpoint of its own, like a kill (for tests and benchmarks; a later
+  ``resume`` continues from the last checkpoint). ``on_checkpoint()`` is called
   after every checkpoint and at the end (``paths.StagedDir.push`` uploads a
   remote workdir). SIGTERM saves a checkpoint and raises
   ``distributed.Preempted``.
   """
+  try:
+    check_keys(config)
+  except ValueError as e:
+    raise SearchError(str(e)) from None
   distributed.initialize(config.search.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -185,13 +190,12 @@ def search(
       )
       r.writer = tblog.writer(r.workdir)
 
-  every = int(sc.get("checkpoint_every_steps", 0) or 0)
   rngs = [rng_lib.data(r.seed + 1) for r in runs]
   if vmapped:
     dstate, rng = runner.replicate(stack_trees(states)), stack_trees(rngs)
   else:
     dstate, rng = runner.replicate(states[0]), rngs[0]
-  steps_done, first_step = 0, epoch * steps_per_epoch + start
+  first_step = epoch * steps_per_epoch + start
 
   def per_seed(tree, k: int):
     return jax.tree.map(lambda x: x[k], tree) if vmapped else tree
@@ -212,88 +216,95 @@ def search(
     on_checkpoint()
     return host
 
-  try:
-    while epoch < h.epochs:
-      shard = (proc, n_proc)
-      iters = [
-        r.batches(ds, src, epoch, start, batch_size=sc.batch_size, aug=aug, shard=shard)
-        for r in runs
-      ]
-      bar = range(start, steps_per_epoch)
-      if progress:
-        from tqdm import tqdm
+  def batches(epoch_, start_):
+    iters = [
+      r.batches(ds, src, epoch_, start_, batch_size=sc.batch_size, aug=aug, shard=(proc, n_proc))
+      for r in runs
+    ]
+    while True:
+      pairs = [(next(it_w), next(it_a)) for it_w, it_a in iters]
+      if vmapped:
+        yield tuple(stack_trees(half, axis=1) for half in zip(*pairs, strict=True))
+      else:
+        yield pairs[0]
 
-        bar = tqdm(
-          bar, desc=f"search epoch {epoch + 1}/{h.epochs}", initial=start, total=steps_per_epoch
+  def step(tb_vb):
+    nonlocal dstate
+    tb, vb = tb_vb
+    dstate, m = runner(dstate, runner.shard_batch(tb), runner.shard_batch(vb), rng)
+    m = jax.device_get(m)
+    ms = [{k: float(np.asarray(v).reshape(-1)[j]) for k, v in m.items()} for j in range(len(runs))]
+    for r, mk in zip(runs, ms, strict=True):
+      for k in METRIC_KEYS:
+        r.sums[k] += mk[k]
+    return ms
+
+  def check(ms, epoch_, i):
+    for r, mk in zip(runs, ms, strict=True):
+      if not all(math.isfinite(mk[k]) for k in ("train_loss", "val_loss")):
+        raise SearchError(
+          f"{r.workdir}: non-finite loss at epoch {epoch_ + 1}, batch {i + 1} (global step "
+          f"{epoch_ * steps_per_epoch + i + 1}): train_loss={mk['train_loss']}, "
+          f"val_loss={mk['val_loss']}. The last good checkpoint (step "
+          f"{r.ckpt.latest_step()}) is kept in {r.ckpt.directory}; lower search.w_lr / "
+          "search.alpha_lr or check the data."
         )
-      t0 = time.perf_counter()
-      for i in bar:
-        pairs = [(next(it_w), next(it_a)) for it_w, it_a in iters]
-        if vmapped:
-          tb, vb = (stack_trees(half, axis=1) for half in zip(*pairs, strict=True))
-        else:
-          tb, vb = pairs[0]
-        dstate, m = runner(dstate, runner.shard_batch(tb), runner.shard_batch(vb), rng)
-        m = jax.device_get(m)
-        ms = [
-          {k: float(np.asarray(v).reshape(-1)[j]) for k, v in m.items()} for j in range(len(runs))
-        ]
-        for r, mk in zip(runs, ms, strict=True):
-          if not all(math.isfinite(mk[k]) for k in ("train_loss", "val_loss")):
-            raise SearchError(
-              f"{r.workdir}: non-finite loss at epoch {epoch + 1}, batch {i + 1} (global step "
-              f"{epoch * steps_per_epoch + i + 1}): train_loss={mk['train_loss']}, "
-              f"val_loss={mk['val_loss']}. The last good checkpoint (step "
-              f"{r.ckpt.latest_step()}) is kept in {r.ckpt.directory}; lower search.w_lr / "
-              "search.alpha_lr or check the data."
-            )
-          for k in METRIC_KEYS:
-            r.sums[k] += mk[k]
-        if progress:
-          mean = {k: float(np.mean([mk[k] for mk in ms])) for k in METRIC_KEYS}
-          bar.set_postfix(
-            loss=f"{mean['train_loss']:.3f}", acc=f"{mean['train_acc']:.2f}",
-            val_loss=f"{mean['val_loss']:.3f}", val_acc=f"{mean['val_acc']:.2f}",
-          )  # fmt: skip
-        steps_done += 1
-        last_in_epoch = i + 1 == steps_per_epoch
-        global_step = epoch * steps_per_epoch + i + 1
-        if preemption.reached(global_step):
-          save(epoch, i + 1)
-          raise distributed.Preempted(
-            "search", global_step, epoch, i + 1, runs[0].ckpt.directory if not vmapped else workdir
-          )
-        if every and global_step % every == 0 and not last_in_epoch:
-          save(epoch, i + 1)
-        if stop_after is not None and steps_done >= stop_after and not last_in_epoch:
-          return runner.unreplicate(dstate)
-      # End of epoch: record, checkpoint.
-      seconds = time.perf_counter() - t0
-      alphas = runner.unreplicate(dstate["alphas"])
-      for k, r in enumerate(runs):
-        record = {
-          "epoch": epoch + 1,
-          **{key: r.sums[key] / steps_per_epoch for key in METRIC_KEYS},
-          "w_lr": ms[k]["w_lr"],
-          "seconds": seconds,
-          "alphas": {
-            p: w.round(5).tolist() for p, w in genotype.softmax_weights(per_seed(alphas, k)).items()
-          },
-        }
-        if proc == 0:
-          with (r.workdir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-          if r.writer is not None:
-            for key in (*METRIC_KEYS, "w_lr"):
-              r.writer.add_scalar(f"search/{key}", record[key], epoch + 1)
-            r.writer.flush()
-        r.sums = dict.fromkeys(METRIC_KEYS, 0.0)
-      epoch, start = epoch + 1, 0
-      host = save(epoch, 0)
-      if stop_after is not None and steps_done >= stop_after:
-        return host
+
+  def postfix(ms):
+    mean = {k: float(np.mean([mk[k] for mk in ms])) for k in METRIC_KEYS}
+    return dict(
+      loss=f"{mean['train_loss']:.3f}", acc=f"{mean['train_acc']:.2f}",
+      val_loss=f"{mean['val_loss']:.3f}", val_acc=f"{mean['val_acc']:.2f}",
+    )  # fmt: skip
+
+  def end_epoch(epoch_, seconds, ms):
+    alphas = runner.unreplicate(dstate["alphas"])
+    for k, r in enumerate(runs):
+      record = {
+        "epoch": epoch_ + 1,
+        **{key: r.sums[key] / steps_per_epoch for key in METRIC_KEYS},
+        "w_lr": ms[k]["w_lr"],
+        "seconds": seconds,
+        "alphas": {
+          p: w.round(5).tolist() for p, w in genotype.softmax_weights(per_seed(alphas, k)).items()
+        },
+      }
+      if proc == 0:
+        with (r.workdir / "metrics.jsonl").open("a") as f:
+          f.write(json.dumps(record) + "\n")
+        if r.writer is not None:
+          for key in (*METRIC_KEYS, "w_lr"):
+            r.writer.add_scalar(f"search/{key}", record[key], epoch_ + 1)
+          r.writer.flush()
+      r.sums = dict.fromkeys(METRIC_KEYS, 0.0)
+
+  def preempted(global_step, epoch_, batch_):
+    where = runs[0].ckpt.directory if not vmapped else workdir
+    return distributed.Preempted("search", global_step, epoch_, batch_, where)
+
+  epoch_loop = loop.EpochLoop(
+    epochs=h.epochs,
+    steps_per_epoch=steps_per_epoch,
+    batches=batches,
+    step=step,
+    end_epoch=end_epoch,
+    save=save,
+    check=check,
+    every=int(sc.get("checkpoint_every_steps", 0) or 0),
+    preemption=preemption,
+    preempted=preempted,
+    budget=loop.Budget(stop_after),
+    save_when_spent=False,  # stop_after stands in for a kill (tests, benchmarks)
+    desc=lambda e: f"search epoch {e + 1}/{h.epochs}",
+    postfix=postfix,
+    progress=progress,
+  )
+  try:
+    epoch_loop.run(epoch, start)
+    if epoch_loop.budget.exhausted:
+      return runner.unreplicate(dstate)
   finally:
-    log.info("search: ran %d steps in this call (from step %d)", steps_done, first_step)
+    log.info("search: ran %d steps in this call (from step %d)", epoch_loop.steps_done, first_step)
     preemption.close()
     for r in runs:
       if r.writer is not None:

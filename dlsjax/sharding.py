@@ -96,7 +96,7 @@ def first_replica(x) -> np.ndarray:
   """Device 0's copy of a ``[devices, ...]`` pmap result, as numpy.
 
   Read from the device buffer: ``x[0]`` would run an eager gather, and each
-  new shape compiles one (7.7 s of a 45 s tiny search went there).
+  new shape compiles one (a measurable share of a short search's time).
   """
   if isinstance(x, jax.Array):
     return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
@@ -174,3 +174,8 @@ class Runner(Layout):
         for o, k in zip(out, self.out_kinds, strict=True)
       )
     return out
+
+
+def pmean(x, axis_name: str | None):
+  """``lax.pmean`` over ``axis_name`` inside a per-device function; ``x`` itself without one."""
+  return jax.lax.pmean(x, axis_name) if axis_name else x

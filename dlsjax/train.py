@@ -32,7 +32,6 @@ import logging
 import math
 import pathlib
 import shutil
-import time
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +43,7 @@ from dlsjax import (
   derived_net,
   distributed,
   genotype,
+  loop,
   losses,
   models,
   netspec,
@@ -72,19 +72,19 @@ class TrainHParams:
   epochs: int = 110
   steps_per_epoch: int = 1
   batch_size: int = 128
-  lr: float = 2.5e-3
-  lr_min: float = 1e-5
+  lr: float = 2.5e-3  # not restated for training in the paper; the search value is kept
+  lr_min: float = 1e-5  # cosine annealing floor
   momentum: float = 0.9
   weight_decay: float = 1e-5
   grad_clip: float = 5.0  # as the DARTS evaluation code; 0 disables
   focal_gamma: float = 2.0
   focal_alpha: float = 1.0
-  drop_path_max: float = 0.2
+  drop_path_max: float = 0.2  # ramped linearly over the epochs
   aux_head: bool = False
   aux_weight: float = 0.4
   # Per-class weights of the focal loss: "none" (paper) or "balanced"
   # (n / (K * n_k) from the training split's class counts, scikit-learn's rule).
-  class_weight: str = "none"
+  class_weight: str = "none"  # paper: focal alpha 1 for every class
   class_weights: tuple[float, ...] = ()  # filled from the data when class_weight is balanced
   # Not in the paper: an exponential moving average of the weights (0: off), which the
   # validation, the saved best epoch and inference then use (``inference_variables``).
@@ -146,12 +146,10 @@ def make_train_step(model: Network, h: TrainHParams, *, axis_name: str | None = 
   schedule = optim.cosine_by_epoch(h.lr, h.lr_min, h.epochs, h.steps_per_epoch)
 
   def pmean(x):
-    return jax.lax.pmean(x, axis_name) if axis_name else x
+    return sharding.pmean(x, axis_name)
 
   def step(state, batch, rng):
-    rng = jax.random.fold_in(rng_lib.wrap(rng), state["step"])
-    if axis_name:  # each device draws its own DropPath masks
-      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    rng = rng_lib.step_key(rng, state["step"], axis_name)
     drop = h.drop_prob(state["step"])
     # A soft (CutMix) target weighs each class's weight by its share.
     weights = batch["target"] @ jnp.asarray(h.class_weights) if h.class_weights else None
@@ -298,8 +296,13 @@ def train(
   ``on_checkpoint()`` is called after every checkpoint (``paths.StagedDir.push``).
   SIGTERM saves a checkpoint and raises ``distributed.Preempted``.
   """
+  from dlsjax.configs import check_keys
   from dlsjax.data.fit import fit_config
 
+  try:
+    check_keys(config)
+  except ValueError as e:
+    raise TrainError(str(e)) from None
   distributed.initialize(config.train.get("distributed", "auto"))
   workdir = pathlib.Path(workdir)
   name = models.arch(config)
@@ -334,7 +337,7 @@ def train(
       json.dumps({"data_dir": dataset.describe_location(data_dir), "runs": runs})
     )
   dirs = run_dirs(workdir, runs)
-  budget = [stop_after]
+  budget = loop.Budget(stop_after)  # shared by the runs
   try:
     for i, run_dir in enumerate(dirs):
       _train_one(
@@ -342,7 +345,7 @@ def train(
         progress=progress, budget=budget, on_checkpoint=on_checkpoint or (lambda: None),
         preemption=preemption,
       )  # fmt: skip
-      if budget[0] is not None and budget[0] <= 0:
+      if budget.exhausted:
         break
   finally:
     preemption.close()
@@ -395,7 +398,7 @@ def _train_one(
     ckpt.close()
     raise TrainError(str(e)) from None
   best_ckpt = checkpoint.Checkpoints(run_dir / "best", max_to_keep=1) if select != "last" else None
-  steps_done, first_step = 0, 0
+  first_step, epoch_loop = 0, None
   try:
     # Not loaded when a checkpoint exists: resume() replaces the initial state anyway.
     pretrained = pretrained_path(config) if ckpt.latest_step() is None else ""
@@ -431,59 +434,43 @@ def _train_one(
       ckpt.save(int(host["step"]), host, meta)
       on_checkpoint()
 
-    every = int(tc.get("checkpoint_every_steps", 0) or 0)
-    while epoch < h.epochs:
-      batches = pipeline.train_batches(
-        ds, src, batch_size=tc.batch_size, seed=seed, epoch=epoch, aug=aug, host=(proc, n_proc)
+    def batches(epoch_, start_):
+      b = pipeline.train_batches(
+        ds, src, batch_size=tc.batch_size, seed=seed, epoch=epoch_, aug=aug, host=(proc, n_proc)
       )
-      it = pipeline.iterate(batches, start=start)
-      bar = range(start, steps_per_epoch)
-      if progress:
-        from tqdm import tqdm
+      return pipeline.iterate(b, start=start_)
 
-        desc = f"train run {run[0] + 1}/{run[1]} epoch {epoch + 1}/{h.epochs}"
-        bar = tqdm(bar, desc=desc, initial=start, total=steps_per_epoch)
-      t0 = time.perf_counter()
-      for i in bar:
-        dstate, m = runner(dstate, runner.shard_batch(next(it)), rng)
-        m = {k: float(v) for k, v in jax.device_get(m).items()}
-        if not math.isfinite(m["loss"]):
-          raise TrainError(
-            f"{run_dir}: non-finite loss at epoch {epoch + 1}, batch {i + 1}; the last good "
-            f"checkpoint (step {ckpt.latest_step()}) is kept. Lower train.lr or check the data."
-          )
-        for k in METRIC_KEYS:
-          sums[k] += m[k]
-        if progress:
-          bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.2f}")
-        steps_done += 1
-        last = i + 1 == steps_per_epoch
-        global_step = epoch * steps_per_epoch + i + 1
-        if preemption.reached(global_step):
-          save(epoch, i + 1, sums)
-          raise distributed.Preempted(f"train {run_dir}", global_step, epoch, i + 1, ckpt.directory)
-        if every and global_step % every == 0 and not last:
-          save(epoch, i + 1, sums)
-        if budget[0] is not None:
-          budget[0] -= 1
-          if budget[0] <= 0 and not last:
-            save(epoch, i + 1, sums)
-            return
+    def step(batch):
+      nonlocal dstate
+      dstate, m = runner(dstate, runner.shard_batch(batch), rng)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      for k in METRIC_KEYS:
+        sums[k] += m[k]
+      return m
+
+    def check(m, epoch_, i):
+      if not math.isfinite(m["loss"]):
+        raise TrainError(
+          f"{run_dir}: non-finite loss at epoch {epoch_ + 1}, batch {i + 1}; the last good "
+          f"checkpoint (step {ckpt.latest_step()}) is kept. Lower train.lr or check the data."
+        )
+
+    def end_epoch(epoch_, seconds, m):
+      nonlocal best, sums
       record = {
-        "epoch": epoch + 1,
+        "epoch": epoch_ + 1,
         **{k: sums[k] / steps_per_epoch for k in METRIC_KEYS},
         "lr": m["lr"],
         "drop_prob": m["drop_prob"],
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
       }
       if validate is not None:  # model selection on the val split (never the test split)
-        host = runner.unreplicate(dstate)
-        variables = inference_variables(host)
+        variables = inference_variables(runner.unreplicate(dstate))
         score = validate(variables)
         record.update(score)
         if is_better(select, score, best):
-          best = {"epoch": epoch + 1, **score}
-          best_ckpt.save(epoch + 1, variables, best)
+          best = {"epoch": epoch_ + 1, **score}
+          best_ckpt.save(epoch_ + 1, variables, best)
         record["best_epoch"] = best["epoch"]
       if proc == 0:
         with (run_dir / "metrics.jsonl").open("a") as f:
@@ -491,15 +478,32 @@ def _train_one(
         if writer is not None:
           for k in (*METRIC_KEYS, "lr", "drop_prob", "val_loss", "val_acc", "val_auc"):
             if k in record:
-              writer.add_scalar(f"train/{k}", record[k], epoch + 1)
+              writer.add_scalar(f"train/{k}", record[k], epoch_ + 1)
           writer.flush()
-      epoch, start, sums = epoch + 1, 0, dict.fromkeys(METRIC_KEYS, 0.0)
-      save(epoch, 0, sums)
-      if budget[0] is not None and budget[0] <= 0:
-        return
+      sums = dict.fromkeys(METRIC_KEYS, 0.0)
+
+    epoch_loop = loop.EpochLoop(
+      epochs=h.epochs,
+      steps_per_epoch=steps_per_epoch,
+      batches=batches,
+      step=step,
+      end_epoch=end_epoch,
+      save=lambda epoch_, batch_: save(epoch_, batch_, sums),
+      check=check,
+      every=int(tc.get("checkpoint_every_steps", 0) or 0),
+      preemption=preemption,
+      preempted=lambda g, e, b: distributed.Preempted(f"train {run_dir}", g, e, b, ckpt.directory),
+      budget=budget,
+      desc=lambda e: f"train run {run[0] + 1}/{run[1]} epoch {e + 1}/{h.epochs}",
+      postfix=lambda m: dict(loss=f"{m['loss']:.3f}", acc=f"{m['acc']:.2f}"),
+      progress=progress,
+    )
+    epoch_loop.run(epoch, start)
   finally:
-    if steps_done:
-      log.info("%s: ran %d steps in this call (from step %d)", run_dir, steps_done, first_step)
+    if epoch_loop is not None and epoch_loop.steps_done:
+      log.info(
+        "%s: ran %d steps in this call (from step %d)", run_dir, epoch_loop.steps_done, first_step
+      )
     ckpt.close()
     if best_ckpt is not None:
       best_ckpt.close()

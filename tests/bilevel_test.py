@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference_steps
 from conftest import one_cell_spec
 
 from dlsjax import bilevel, losses, sharding
@@ -84,7 +85,7 @@ def test_second_order_matches_finite_differences():
     state["opt_w"] = with_momentum(state["opt_w"], mom)
     tb, vb = to64(batch(spec, 6, 1)), to64(batch(spec, 6, 2))
     r_train, r_val = jax.random.split(jax.random.PRNGKey(3))
-    g = jax.jit(bilevel.make_alpha_grad(spec, h, axis_name=None))(state, tb, vb, r_train, r_val)[0]
+    g = jax.jit(reference_steps.make_alpha_grad(spec, h))(state, tb, vb, r_train, r_val)[0]
 
     loss_fn = bilevel.make_loss_fn(spec, h, axis_name=None)
     xi = bilevel.weight_lr(h)(state["step"])
@@ -126,22 +127,19 @@ def test_mixed_product_is_the_same_in_both_autodiff_orders():
     tb, r = to64(batch(spec, 6, 1)), jax.random.PRNGKey(2)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def product(mode):
+    def product(fn):
       args = (state["params"], state["alphas"], state["batch_stats"], tb, r, v)
-      return bilevel.mixed_product(loss_fn, *args, mode)
+      return fn(loss_fn, *args)
 
-    fwd_rev, rev_fwd = product("fwd_rev"), product("rev_fwd")
+    fwd_rev = product(bilevel.mixed_product)
+    rev_fwd = product(reference_steps.mixed_product_rev_fwd)
   for k in fwd_rev:
     assert np.abs(fwd_rev[k]).max() > 1e-8, k  # a non-trivial product
     np.testing.assert_allclose(rev_fwd[k], fwd_rev[k], rtol=1e-9, atol=1e-12, err_msg=k)
-  with pytest.raises(ValueError, match="search.mixed_product"):
-    bilevel.SearchHParams(mixed_product="fwd_fwd")
 
 
-def run_steps(spec, h, mode, n_devices, batches, init):
-  runner = sharding.Runner(
-    bilevel.make_search_step(spec, h), mode=mode, devices=jax.devices()[:n_devices]
-  )
+def run_steps(spec, h, mode, n_devices, batches, init, make_step=bilevel.make_search_step):
+  runner = sharding.Runner(make_step(spec, h), mode=mode, devices=jax.devices()[:n_devices])
   state = runner.replicate(init)
   metrics = []
   for tb, vb in batches:
@@ -155,7 +153,7 @@ def test_one_device_pmap_and_shard_map_agree():
   """Same global batches: 1 device, 4 with pmap, 4 with shard_map give the same search state.
 
   The 1-device reference runs the two phases as two separate gradients
-  (``fuse_phases=False``) and the cells one by one (``share_cell_bodies=False``);
+  (``reference_steps``) and the cells one by one (``share_cell_bodies=False``);
   the 4-device runs use the fused 2-step scan and one scan over the cells, so the
   comparison covers both formulations too.
   """
@@ -169,9 +167,9 @@ def test_one_device_pmap_and_shard_map_agree():
   batches = [(batch(spec, 8, 2 * i), batch(spec, 8, 2 * i + 1)) for i in range(3)]
   # One initial state (host copy: each run donates its own device buffers).
   init = jax.device_get(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
-  unfused = dataclasses.replace(h, fuse_phases=False)
   unshared = dataclasses.replace(spec, share_cell_bodies=False)
-  ref, m_ref = run_steps(unshared, unfused, "pmap", 1, batches, init)
+  unfused = reference_steps.make_unfused_search_step
+  ref, m_ref = run_steps(unshared, h, "pmap", 1, batches, init, unfused)
   assert int(ref["step"]) == 3
   for mode in ("pmap", "shard_map"):
     out, m = run_steps(spec, h, mode, 4, batches, init)
@@ -192,9 +190,9 @@ def test_fused_second_order_step_equals_the_unfused_one():
   )
   batches = [(batch(spec, 6, 2 * i), batch(spec, 6, 2 * i + 1)) for i in range(2)]
   init = jax.device_get(bilevel.init_state(spec, h, jax.random.PRNGKey(0)))
-  assert h.fuse_second_order  # the default: one scan body for the three gradients
-  unfused = dataclasses.replace(h, fuse_second_order=False)
-  ref, m_ref = run_steps(spec, unfused, "pmap", 1, batches, init)
+  ref, m_ref = run_steps(
+    spec, h, "pmap", 1, batches, init, reference_steps.make_unfused_search_step
+  )
   out, m = run_steps(spec, h, "pmap", 1, batches, init)
   for k in ("alphas", "params", "batch_stats", "opt_w", "opt_a"):
     for a, b in zip(jax.tree.leaves(out[k]), jax.tree.leaves(ref[k]), strict=True):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import importlib
 
 CONFIGS = {
@@ -13,6 +15,18 @@ CONFIGS = {
   "demo": "demo",
   "medmnist": "medmnist",  # medmnist | medmnist:full
   "experiment": "experiment",  # experiment:paper | experiment:demo | experiment:tiny
+}
+
+
+# The variants of each config (None: the config itself); ``tiny`` is every config's small one.
+VARIANTS = {
+  "paper": (None, "tiny"),
+  "paper_train": (None, "tiny"),
+  "darts_cifar": (None,),
+  "darts_cifar_train": (None,),
+  "demo": (None, "tiny"),
+  "medmnist": (None, "full", "tiny"),
+  "experiment": ("paper", "demo", "tiny"),
 }
 
 
@@ -33,3 +47,43 @@ def dataclass_from_config(cls, cfg, **fixed):
   """``cls(**fixed, **{f: cfg[f]})`` for the fields of dataclass ``cls`` that ``cfg`` has."""
   names = {f.name for f in dataclasses.fields(cls)} - set(fixed)
   return cls(**fixed, **{k: cfg[k] for k in names if k in cfg})
+
+
+def _flat_keys(cfg, prefix: str = "") -> set[str]:
+  out = set()
+  for k, v in cfg.items():
+    out.add(prefix + k)
+    if hasattr(v, "items") and not isinstance(v, (str, bytes)):
+      out |= _flat_keys(v, f"{prefix}{k}.")
+  return out
+
+
+@functools.cache
+def known_keys() -> frozenset[str]:
+  """Every key path of every named config, variant and model preset: the config schema."""
+  from dlsjax import models
+
+  keys = set()
+  for name, variants in VARIANTS.items():
+    for arg in variants:
+      cfg = get_config(name, arg)
+      keys |= _flat_keys(cfg)
+      for model in models.names():
+        keys |= _flat_keys(models.apply_preset(cfg.copy_and_resolve_references(), model))
+  return frozenset(keys)
+
+
+def check_keys(config, source: str = "config") -> None:
+  """Raise ``ValueError`` naming every key of ``config`` that no dlsjax config has (a typo
+  would otherwise be ignored: dataclasses read only the fields they know). Registered stems'
+  fields (``model.<stem>_stem``) are known too."""
+  from dlsjax import parts
+
+  allowed = known_keys() | {f"model.{s.config_field}" for s in parts.stems()}
+  unknown = sorted(k for k in _flat_keys(config) if k not in allowed)
+  if unknown:
+    hints = []
+    for k in unknown:
+      close = difflib.get_close_matches(k, allowed, n=1)
+      hints.append(f"{k} (did you mean {close[0]}?)" if close else k)
+    raise ValueError(f"{source}: unknown config keys: {', '.join(hints)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 PAPER_MODALITIES = (
@@ -41,7 +43,7 @@ def paper_model() -> ml_collections.ConfigDict:
   # of random alphas: 4.9-18 M; with 2: 17-65 M; see benchmarks/RESULTS.md).
   m.cell_channels_divisor = 4
   m.resolution = 64
-  m.depthwise_impl = "auto"  # auto (CPU: toeplitz, else xla) | xla | dense | toeplitz
+  m.depthwise_impl = "auto"  # auto (CPU: toeplitz, else xla) | xla | toeplitz
   # Recompute each source node's operations in the backward pass instead of
   # keeping their intermediates (jax.checkpoint of the supernet's scan body):
   # same values, 1/3 of the memory and faster on a CPU (benchmarks/RESULTS.md).
@@ -123,19 +125,19 @@ def data_config() -> ml_collections.ConfigDict:
   return d
 
 
+def defaults(cls, *, drop: tuple[str, ...] = ()) -> dict:
+  """The field defaults of dataclass ``cls``: where a preset's values are written once (the
+  dataclass documents each field), so the config and the code cannot disagree."""
+  return {
+    f.name: f.default
+    for f in dataclasses.fields(cls)
+    if f.name not in drop and f.default is not dataclasses.MISSING
+  }
+
+
 def derive_config(batch_size: int) -> ml_collections.ConfigDict:
-  """``config.derive``: how ``dlsjax derive`` turns a search into a genotype (derive.py)."""
-  return ml_collections.ConfigDict(
-    dict(
-      method="mpds",  # mpds (paper Algorithm 1) | argmax (DARTS) | pt (Wang et al. 2021)
-      metric="accuracy",  # accuracy | loss | auc (micro) on the alpha half
-      batch_size=batch_size,  # validation batch; BN uses its statistics
-      max_images=0,  # metric on the first N images of the alpha half (0: all, as the paper)
-      chunk=0,  # candidates per vmapped evaluation (0: one edge's non-zero ops; memory vs. calls)
-      vmap=True,  # False: one call per candidate (reference loop)
-      pt_tune_epochs=5,  # PT only: weight fine-tuning epochs between decisions
-      pt_tune_max_steps=0,  # PT only: cap on the steps of one tuning period (0: none)
-      pt_lr_factor=0.1,  # PT only: fine-tuning lr = search.w_lr * factor, cosine
-      pt_seed=0,  # PT only: random decision order
-    )
-  )
+  """``config.derive``: how ``dlsjax derive`` turns a search into a genotype; the fields and
+  their defaults are ``derivation.DeriveOptions``'s (MPDS on accuracy, as the paper)."""
+  from dlsjax.derivation.base import DeriveOptions
+
+  return ml_collections.ConfigDict({**defaults(DeriveOptions), "batch_size": batch_size})

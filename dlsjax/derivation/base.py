@@ -33,16 +33,16 @@ class DeriveError(RuntimeError):
 class DeriveOptions:
   """``config.derive``."""
 
-  method: str = "mpds"
-  metric: str = "accuracy"
-  batch_size: int = 16  # validation batch (the search batch in the paper preset)
-  max_images: int = 0  # metric on the first N images of the alpha half (0: all)
+  method: str = "mpds"  # a registered method: mpds (paper Algorithm 1) | argmax | pt | ...
+  metric: str = "accuracy"  # accuracy | loss | auc (micro), on the alpha half
+  batch_size: int = 16  # validation batch, BN uses its statistics (the paper's search batch)
+  max_images: int = 0  # metric on the first N images of the alpha half (0: all, as the paper)
   chunk: int = 0  # candidates per vmapped evaluation (0: the non-zero ops, one call per edge)
   vmap: bool = True  # False: one compiled call per candidate (the reference loop)
-  pt_tune_epochs: int = 5
-  pt_tune_max_steps: int = 0  # cap on the weight steps of one tuning period (0: none)
-  pt_lr_factor: float = 0.1
-  pt_seed: int = 0
+  pt_tune_epochs: int = 5  # PT only: weight fine-tuning epochs between decisions
+  pt_tune_max_steps: int = 0  # PT only: cap on the steps of one tuning period (0: none)
+  pt_lr_factor: float = 0.1  # PT only: fine-tuning lr = search.w_lr * factor, cosine
+  pt_seed: int = 0  # PT only: the random decision order
 
   def __post_init__(self):
     if self.method not in _METHODS:

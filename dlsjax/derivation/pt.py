@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from dlsjax import bilevel, netspec, sharding
+from dlsjax import bilevel, loop, netspec, sharding
 from dlsjax import rng as rng_lib
 from dlsjax.derivation import scoring
 from dlsjax.derivation.base import Context, DeriveOptions, Result, register_method
@@ -86,8 +86,8 @@ class PTTuner:
   def __call__(self, masks: dict) -> None:
     from dlsjax.data import pipeline
 
-    if self.opts.pt_tune_epochs <= 0:
-      return
+    if self.opts.pt_tune_epochs <= 0 or len(self.w_idx) < self.batch:
+      return  # nothing to tune on (fewer weight-half images than one batch)
     wstate = self.runner.replicate(
       {
         "params": self.params,
@@ -98,22 +98,26 @@ class PTTuner:
       }
     )
     key = rng_lib.data(self.opts.pt_seed + 1000 * (self.round + 1))
-    steps = 0
-    for epoch in range(self.opts.pt_tune_epochs):
-      batches = pipeline.train_batches(
-        self.ds,
-        self.src,
-        self.w_idx,
-        batch_size=self.batch,
-        seed=self.opts.pt_seed + self.round,
-        epoch=epoch,
-        aug=self.aug,
-      )
-      for b in pipeline.iterate(batches):
-        if self.opts.pt_tune_max_steps and steps >= self.opts.pt_tune_max_steps:
-          break
-        wstate, _ = self.runner(wstate, self.runner.shard_batch(b), masks, key)
-        steps += 1
+
+    def batches(epoch, start):
+      b = pipeline.train_batches(
+        self.ds, self.src, self.w_idx, batch_size=self.batch,
+        seed=self.opts.pt_seed + self.round, epoch=epoch, aug=self.aug,
+      )  # fmt: skip
+      return pipeline.iterate(b, start=start)
+
+    def step(batch):
+      nonlocal wstate
+      wstate, _ = self.runner(wstate, self.runner.shard_batch(batch), masks, key)
+
+    tuning = loop.EpochLoop(
+      epochs=self.opts.pt_tune_epochs,
+      steps_per_epoch=self.steps_per_epoch,
+      batches=batches,
+      step=step,
+      budget=loop.Budget(self.opts.pt_tune_max_steps or None),
+    )
+    steps = tuning.run()
     self.steps_done += steps
     host = self.runner.unreplicate(wstate)
     self.params, self.stats = host["params"], host["batch_stats"]

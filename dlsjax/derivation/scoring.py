@@ -53,9 +53,9 @@ class Evaluator:
   is decided both stems are computed once for the whole part, and while a
   stem is decided the other stem's output is reused. A learnable stem's
   cached output comes from its own candidate stage (all candidates equal,
-  the first kept), so no separate stem graph is compiled: that compile
-  (11 s of a 3-minute benchmark derivation) cost more than the repeated
-  inner-node edges of the stem (one edge per stem in the paper layout).
+  the first kept), so no separate stem graph is compiled: that compile cost
+  more than the repeated inner-node edges of the stem (one edge per stem in
+  the paper layout; benchmarks/RESULTS.md).
   Inside a stem the operations on its inputs run once per batch
   (``NetworkSpec.dag_split_inputs``); only what follows the decided part
   runs once per candidate. ``compilations`` counts traces
