@@ -31,7 +31,7 @@ if [ "$DRY" = 1 ]; then
   MPDS=(--val-images 8 --c-sin 4 --resolution 16 --batch 4 --ops none,skip_connect,sep_conv_3x3)
   TORCH=(--steps 1 --batch 4)
   SEEDS=2
-  LIMIT=(120 120 150 90 120 120 60 60 120)
+  LIMIT=(300 300 300 240 300 300 180 180 300)  # generous: a slow or shared CPU
 else
   SEARCH=(--steps 10)
   CANON=(--steps 10)

@@ -112,7 +112,8 @@ def init_state(spec: NetworkSpec, h: SearchHParams, rng) -> dict:
     model = supernet.make_supernet(spec)
     alphas = supernet.init_alphas(spec, r_a)
     images, masks = supernet.dummy_images(spec, 2), supernet.init_masks(spec)
-    variables = model.init({"params": layers.init_key(r_w)}, images, alphas, masks, train=True)
+    init_rngs = {"params": layers.init_key(rng_lib.raw(r_w))}
+    variables = model.init(init_rngs, images, alphas, masks, train=True)
     return {
       "params": variables["params"],
       "batch_stats": variables["batch_stats"],

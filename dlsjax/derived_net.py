@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from dlsjax import layers, precision
+from dlsjax import rng as rng_lib
 from dlsjax.cells import edge_params_from_search
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network
@@ -59,7 +60,8 @@ def random_argmax_network(model_cfg, seed: int = 1) -> tuple[NetworkSpec, dict, 
 
 def init(model: Network, rng, batch: int = 2) -> dict:
   images = dummy_images(model.spec, batch)
-  v = jax.jit(lambda r: model.init({"params": layers.init_key(r)}, images, train=True))(rng)
+  init_rngs = lambda r: {"params": layers.init_key(rng_lib.raw(r))}  # noqa: E731
+  v = jax.jit(lambda r: model.init(init_rngs(r), images, train=True))(rng)
   return {"params": v["params"], "batch_stats": v["batch_stats"]}
 
 

@@ -420,11 +420,11 @@ def init_key(rng):
   tensor, which roughly doubles the compile time of a network's jitted
   ``init`` (benchmarks/RESULTS.md). Deterministic for a given seed and backend;
   the values differ from threefry's (and may differ across backends), like
-  any change of PRNG. A typed key (``dlsjax.rng.key``) gives the values of
-  its raw data.
+  any change of PRNG. Typed keys pass through unchanged (the library passes
+  the raw data of its own keys: ``dlsjax.rng.raw``).
   """
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.key_data(rng)
+    return rng
   data = jnp.asarray(rng, jnp.uint32).reshape(-1)
   data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])[:4]
   return jax.random.wrap_key_data(data, impl="unsafe_rbg")

@@ -32,6 +32,11 @@ def data(seed: int) -> jax.Array:
   return jax.random.key_data(key(seed))
 
 
+def raw(k) -> jax.Array:
+  """The raw data of a typed key; raw data as it is (what ``layers.init_key`` converts)."""
+  return jax.random.key_data(k) if jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key) else k
+
+
 def wrap(k) -> jax.Array:
   """A typed key as it is; raw key data as the key it is the data of.
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlsjax import layers, precision
+from dlsjax import rng as rng_lib
 from dlsjax.netspec import NetworkSpec
 from dlsjax.network import Network, mixing_weights
 
@@ -87,7 +88,9 @@ def init(spec: NetworkSpec, rng, batch: int = 2) -> dict:
   alphas = init_alphas(spec, jax.random.PRNGKey(0))
   images, masks = dummy_images(spec, batch), init_masks(spec)
   variables = jax.jit(
-    lambda r: model.init({"params": layers.init_key(r)}, images, alphas, masks, train=True)
+    lambda r: model.init(
+      {"params": layers.init_key(rng_lib.raw(r))}, images, alphas, masks, train=True
+    )
   )(rng)
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
