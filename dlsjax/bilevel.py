@@ -188,8 +188,7 @@ def vmap_invariant_key(key):
   bits come from ``lax.rng_bit_generator``, whose draws differ when vmapped over
   keys. The few DropPath draws of a step are made with threefry instead.
   """
-  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  return jax.random.wrap_key_data(data.reshape(-1)[:2], impl="threefry2x32")
+  return jax.random.wrap_key_data(rng_lib.raw(key).reshape(-1)[:2], impl="threefry2x32")
 
 
 def step_keys(state, rng, axis_name: str | None):

@@ -49,27 +49,19 @@ def dataclass_from_config(cls, cfg, **fixed):
   return cls(**fixed, **{k: cfg[k] for k in names if k in cfg})
 
 
-def _flat_keys(cfg, prefix: str = "") -> set[str]:
-  out = set()
-  for k, v in cfg.items():
-    out.add(prefix + k)
-    if hasattr(v, "items") and not isinstance(v, (str, bytes)):
-      out |= _flat_keys(v, f"{prefix}{k}.")
-  return out
-
-
 @functools.cache
 def known_keys() -> frozenset[str]:
-  """Every key path of every named config, variant and model preset: the config schema."""
+  """Every leaf key path of every named config, variant and model preset: the config schema."""
   from dlsjax import models
+  from dlsjax.checkpoint import flat_config
 
   keys = set()
   for name, variants in VARIANTS.items():
     for arg in variants:
       cfg = get_config(name, arg)
-      keys |= _flat_keys(cfg)
+      keys |= set(flat_config(cfg))
       for model in models.names():
-        keys |= _flat_keys(models.apply_preset(cfg.copy_and_resolve_references(), model))
+        keys |= set(flat_config(models.apply_preset(cfg.copy_and_resolve_references(), model)))
   return frozenset(keys)
 
 
@@ -78,9 +70,10 @@ def check_keys(config, source: str = "config") -> None:
   would otherwise be ignored: dataclasses read only the fields they know). Registered stems'
   fields (``model.<stem>_stem``) are known too."""
   from dlsjax import parts
+  from dlsjax.checkpoint import flat_config
 
   allowed = known_keys() | {f"model.{s.config_field}" for s in parts.stems()}
-  unknown = sorted(k for k in _flat_keys(config) if k not in allowed)
+  unknown = sorted(k for k in flat_config(config) if k not in allowed)
   if unknown:
     hints = []
     for k in unknown:
