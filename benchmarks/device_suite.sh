@@ -23,11 +23,11 @@ CARD=$($PY -c "import jax; print(jax.devices()[0].device_kind)" 2>/dev/null || e
 
 # Sizes: the real ones, or tiny ones for the CPU dry run (same commands, same code paths).
 if [ "$DRY" = 1 ]; then
-  SMALL=(--set model.op_set=none,skip_connect,sep_conv_3x3 --set model.cell_inner_nodes=2)
-  SEARCH=(--steps 1 --batch 4 --set model.c_sin_search=4 --set model.resolution=16 --set model.k_r=1
-    --set model.stem_inner_nodes=1 "${SMALL[@]}")
-  CANON=(--steps 1 --batch 4 --set model.darts_c_search=4 --set model.layers_search=3 "${SMALL[@]}")
-  INFER=(--batch 4 --batches 1 --set model.c_sin_train=8 --set model.resolution=16)
+  SMALL=(--config.model.op_set=none,skip_connect,sep_conv_3x3 --config.model.cell_inner_nodes=2)
+  SEARCH=(--steps 1 --batch 4 --config.model.c_sin_search=4 --config.model.resolution=16 --config.model.k_r=1
+    --config.model.stem_inner_nodes=1 "${SMALL[@]}")
+  CANON=(--steps 1 --batch 4 --config.model.darts_c_search=4 --config.model.layers_search=3 "${SMALL[@]}")
+  INFER=(--batch 4 --batches 1 --config.model.c_sin_train=8 --config.model.resolution=16)
   MPDS=(--val-images 8 --c-sin 4 --resolution 16 --batch 4 --ops none,skip_connect,sep_conv_3x3)
   TORCH=(--steps 1 --batch 4)
   SEEDS=2
@@ -62,7 +62,7 @@ run() {  # run LIMIT_S NAME CMD...: JSON lines to RESULTS (tagged with the card)
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1; } >>"$LOG"
 run "${LIMIT[0]}" search_step_f32 $PY benchmarks/search_throughput.py --inline --only paper_first_order "${SEARCH[@]}"
-run "${LIMIT[1]}" search_step_bf16 $PY benchmarks/search_throughput.py --inline --only paper_first_order "${SEARCH[@]}" --set model.dtype=bfloat16
+run "${LIMIT[1]}" search_step_bf16 $PY benchmarks/search_throughput.py --inline --only paper_first_order "${SEARCH[@]}" --config.model.dtype=bfloat16
 run "${LIMIT[2]}" search_step_seeds $PY benchmarks/search_throughput.py --inline --only paper_first_order "${SEARCH[@]}" --seeds "$SEEDS"
 if $PY -c "import torch" 2>/dev/null; then
   run "${LIMIT[3]}" torch_reference $PY benchmarks/darts_torch_reference.py --order both "${TORCH[@]}"

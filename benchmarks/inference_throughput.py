@@ -1,7 +1,7 @@
 """Inference images/s of the derived paper network (paper: 504 img/s at batch 128 on a P100).
 
     python benchmarks/inference_throughput.py [--batch 128] [--dtype float32|bfloat16]
-        [--batches 20] [--set model.c_sin_train=16 ...]
+        [--batches 20] [--config.model.c_sin_train=16 ...]
 
 The paper's training network (``paper_train``: C_sin 144, 64x64, K_train 1, both
 stems) with the argmax genotype of seeded random alphas and freshly initialised
@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+
+from dlsjax import configs
 
 
 def measure(batch: int, dtype: str, batches: int, overrides=()) -> dict:
@@ -22,12 +25,12 @@ def measure(batch: int, dtype: str, batches: int, overrides=()) -> dict:
   import numpy as np
 
   from dlsjax import derived_net, genotype, runtime
-  from dlsjax.main import load_config
+  from dlsjax.configs import load as load_config
   from dlsjax.netspec import spec_from_config
   from dlsjax.network import Network
 
   runtime.setup()
-  cfg = load_config("paper_train", [*overrides, f"model.dtype={dtype}"])
+  cfg = load_config("paper_train", [*overrides, ("model.dtype", dtype)])
   spec = spec_from_config(cfg.model, phase="train")
   rng = np.random.default_rng(0)
   alphas = {
@@ -76,9 +79,9 @@ def main(argv=None) -> int:
   ap.add_argument("--batch", type=int, default=128)
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   ap.add_argument("--batches", type=int, default=20, help="timed batches after the compile")
-  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-  a = ap.parse_args(argv)
-  print(json.dumps(measure(a.batch, a.dtype, a.batches, a.set)), flush=True)
+  argv, overrides = configs.split_flags(sys.argv[1:] if argv is None else argv)
+  a = ap.parse_args(argv)  # and --config.KEY=VALUE: config overrides
+  print(json.dumps(measure(a.batch, a.dtype, a.batches, overrides)), flush=True)
   return 0
 
 

@@ -51,7 +51,7 @@ def build(tmp: pathlib.Path) -> pathlib.Path:
 
 def search(data, workdir, *, processes, devices, mode, epochs, batch) -> dict:
   sets = [*SETS, f"search.parallel={mode}", f"search.epochs={epochs}", f"search.batch_size={batch}"]
-  flags = [a for s in sets for a in ("--set", s)]
+  flags = [f"--config.{s}" for s in sets]
   args = [sys.executable, "-m", "dlsjax.main", "search", "--config", "paper", "--data-dir",
           str(data), "--workdir", str(workdir), *flags]  # fmt: skip
   env = {**os.environ, "JAX_PLATFORMS": "cpu",

@@ -1,7 +1,7 @@
 """Images/s, compile time and peak memory of the search step.
 
     python benchmarks/search_throughput.py [--only NAME] [--steps N] [--batch B] [--cpu-devices N]
-        [--set model.dag_schedule=source ...]
+        [--config.model.dag_schedule=source ...]
 
 Measurements (each in a fresh subprocess, so peak RSS is its own):
 ``darts_cifar_first_order``, ``darts_cifar_second_order`` (the canonical DARTS
@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 
+from dlsjax import configs
+
 MEASUREMENTS = {
   "darts_cifar_first_order": ("darts_cifar", "first"),
   "darts_cifar_second_order": ("darts_cifar", "second"),
@@ -56,7 +58,7 @@ def measure(name: str, steps: int, batch: int | None, overrides=(), seeds: int =
   import numpy as np
 
   from dlsjax import bilevel, runtime, search, sharding
-  from dlsjax.main import load_config
+  from dlsjax.configs import load as load_config
   from dlsjax.netspec import spec_from_config
 
   runtime.setup()
@@ -127,7 +129,6 @@ def main(argv=None) -> int:
   ap.add_argument("--steps", type=int, default=2, help="timed steps after the compile")
   ap.add_argument("--batch", type=int, help="global batch (default: the config's)")
   ap.add_argument("--cpu-devices", type=int, help="XLA host devices (CPU data parallelism)")
-  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
   ap.add_argument(
     "--seeds", type=int, default=0,
     help="N searches as one vmapped step (search --seeds N); images/s counts all of them",
@@ -139,7 +140,9 @@ def main(argv=None) -> int:
     "the ratio: every figure a same-host ratio",
   )  # fmt: skip
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
-  args = ap.parse_args(argv)
+  argv, overrides = configs.split_flags(sys.argv[1:] if argv is None else argv)
+  args = ap.parse_args(argv)  # and --config.KEY=VALUE: config overrides
+  args.set = overrides
   if args.vs_torch and not any(
     n.startswith("darts_cifar") for n in ([args.only] if args.only else MEASUREMENTS)
   ):
@@ -154,8 +157,7 @@ def main(argv=None) -> int:
       cmd += ["--batch", str(args.batch)]
     if args.seeds:
       cmd += ["--seeds", str(args.seeds)]
-    for kv in args.set:
-      cmd += ["--set", kv]
+    cmd += [f"--config.{k}={v}" for k, v in args.set]
     env = dict(os.environ)
     if args.cpu_devices:
       flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"

@@ -15,14 +15,15 @@ import argparse
 import json
 import os
 import resource
+import sys
 import time
 
 os.environ.setdefault("DLSJAX_CACHE_DIR", "off")
 
 import jax  # noqa: E402
 
-from dlsjax import netspec, runtime, supernet  # noqa: E402
-from dlsjax.main import load_config  # noqa: E402
+from dlsjax import configs, netspec, runtime, supernet  # noqa: E402
+from dlsjax.configs import load as load_config  # noqa: E402
 
 
 def main():
@@ -30,10 +31,10 @@ def main():
   ap.add_argument("--config", default="darts_cifar")
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--steps", type=int, default=3)
-  ap.add_argument("--set", action="append", default=[])
-  args = ap.parse_args()
+  argv, overrides = configs.split_flags(sys.argv[1:])
+  args = ap.parse_args(argv)  # and --config.KEY=VALUE: config overrides
   runtime.setup()
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, overrides)
   spec = netspec.spec_from_config(cfg.model, phase="search")
   model = supernet.make_supernet(spec)
   alphas = supernet.init_alphas(spec, jax.random.PRNGKey(1))

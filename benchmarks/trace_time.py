@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import jax
 import numpy as np
 
-from dlsjax import bilevel, runtime, sharding
-from dlsjax.main import load_config
+from dlsjax import bilevel, configs, runtime, sharding
+from dlsjax.configs import load as load_config
 from dlsjax.netspec import spec_from_config
 
 
@@ -28,10 +29,10 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   ap.add_argument("--config", default="darts_cifar")
   ap.add_argument("--order", choices=["first", "second"], default="first")
-  ap.add_argument("--set", action="append", default=[])
-  args = ap.parse_args(argv)
+  argv, overrides = configs.split_flags(sys.argv[1:] if argv is None else argv)
+  args = ap.parse_args(argv)  # and --config.KEY=VALUE: config overrides
   runtime.setup("off")
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, overrides)
   spec = spec_from_config(cfg.model, phase="search")
   h = bilevel.SearchHParams.from_config(cfg.search, steps_per_epoch=1000)
   h = bilevel.SearchHParams(**{**h.__dict__, "order": args.order})

@@ -3,7 +3,7 @@
     python benchmarks/train_step_vs_torch.py [--batch 64] [--size 28] [--steps 5]
         [--xla-flags "--xla_cpu_...=..."] [--skip-torch]
 
-dlsjax: ``dlsjax train --model resnet18`` with ``stem=cifar, input_size=0`` (the
+dlsjax: ``dlsjax train --config medmnist:resnet18`` with ``stem=cifar, input_size=0`` (the
 ``medmnist`` recipe's ResNet-18: 3x3/1 stem, no max pool, width 64, 11.2 M
 parameters), one jitted step (forward, focal/CE loss, backward, SGD with momentum
 and weight decay) on one device. PyTorch: the same network restated here
@@ -28,19 +28,18 @@ def jax_side(batch: int, size: int, steps: int) -> dict:
   import numpy as np
 
   from dlsjax import runtime, train
-  from dlsjax.main import load_config
+  from dlsjax.configs import load as load_config
   from dlsjax.netspec import spec_from_config
 
   runtime.setup()
   cfg = load_config(
-    "medmnist",
+    "medmnist:resnet18",
     [
       "model.modalities=[{'name': 'image', 'channels': 3, 'fluorescence': False}]",
       "model.num_classes=2", "classes=['a','b']", f"model.resolution={size}",
       "model.baselines.resnet18.stem=cifar", "model.baselines.resnet18.input_size=0",
       f"train.batch_size={batch}",
     ],
-    model="resnet18",
   )  # fmt: skip
   spec = spec_from_config(cfg.model, phase="train")
   h = train.TrainHParams.from_config(cfg.train, steps_per_epoch=100)

@@ -79,6 +79,25 @@ def validation_batches(config, data_dir, batch_size: int, max_images: int = 0) -
   return [{k: b[k] for k in ("images", "label")} for b in batches]
 
 
+def parse_overrides(pairs) -> dict:
+  """``--config.derive.KEY=VALUE`` pairs as ``{KEY: value}``, typed by the field's default;
+  a key outside ``derive`` or not an option is an error naming it."""
+  from dlsjax import configs
+  from dlsjax.configs import common
+
+  base = ml_collections.ConfigDict({"derive": common.derive_config(batch_size=0)})
+  out = {}
+  for key, raw in pairs:
+    if not key.startswith("derive."):
+      raise configs.ConfigError(
+        f"--config.{key}: derive reads the search's config; only derive.* fields can be set"
+      )
+    configs.override(base, key, raw, spec="derive")
+    field = key.removeprefix("derive.")
+    out[field] = base.derive[field]
+  return out
+
+
 def derive(
   workdir,
   *,
@@ -88,7 +107,11 @@ def derive(
   overrides: Mapping | None = None,
   progress: bool = True,
 ) -> genotype.Genotype:
-  """Derive the genotype of the search in ``workdir`` and write the outputs there."""
+  """Derive the genotype of the search in ``workdir`` and write the outputs there.
+
+  The options are the search config's ``derive`` section with ``overrides`` (field ->
+  value, e.g. from :func:`parse_overrides`) and then ``method`` / ``metric`` applied.
+  """
   workdir = pathlib.Path(workdir)
   config, spec, h, state, _ = load_search(workdir)
   dcfg = ml_collections.ConfigDict(config.get("derive", {}).to_dict() if "derive" in config else {})

@@ -1,6 +1,6 @@
 """The paper's experiments (Section IV, Tables I-VI, Fig. 3 c/d), one command per table.
 
-    dlsjax experiment table1 --data-dir DATA --workdir EXP [--runs 5] [--budget paper|demo]
+    dlsjax experiment table1 --data-dir DATA --workdir EXP [--runs 5] [--config experiment:demo]
 
 A table is data: a list of :class:`Row`, each a change to the budget's base
 config (``dlsjax/configs/experiment.py``) adapted to the dataset. Running a
@@ -167,12 +167,18 @@ TABLES: dict[str, Table] = {
 # ----------------------------------------------------------------------------- configs
 
 
-def base_config(budget: str, ds, *, pretrained: str | None = None):
-  """The budget's config with the dataset's modalities and classes (``data/fit.py``)."""
+def base_config(config, ds, *, pretrained: str | None = None):
+  """The budget's config (a spec such as ``experiment:demo``, or a ConfigDict) with the
+  dataset's modalities and classes (``data/fit.py``)."""
   from dlsjax.configs import get_config
   from dlsjax.data.fit import fit_config
 
-  cfg = get_config("experiment", budget)
+  cfg = get_config(config) if isinstance(config, str) else copy.deepcopy(config)
+  if "experiment" not in cfg:
+    raise ExperimentError(
+      "the config has no experiment section: use experiment:paper, experiment:demo or "
+      "experiment:tiny"
+    )
   cfg.model.modalities, cfg.model.num_classes, cfg.classes = None, None, None
   cfg = fit_config(cfg, ds)  # checks the resolution before any search or training starts
   if pretrained:
@@ -260,7 +266,8 @@ def run_table(
   data_dir,
   workdir,
   *,
-  budget: str = "paper",
+  config="experiment:paper",
+  config_name: str | None = None,
   runs: int | None = None,
   pretrained: str | None = None,
   only: Sequence[str] | None = None,
@@ -268,8 +275,10 @@ def run_table(
 ) -> dict:
   """Run every row of table ``name`` that is not finished; write its md, csv and figure.
 
-  ``only``: run just the rows with these labels (the others are listed as not run); a later
-  call without it keeps every finished row and runs the rest.
+  ``config``: the budget, a spec (``experiment:paper | experiment:demo | experiment:tiny``)
+  or its ConfigDict (``config_name`` then names it in the table). ``only``: run just the rows
+  with these labels (the others are listed as not run); a later call without it keeps every
+  finished row and runs the rest.
   """
   from dlsjax.data import dataset
 
@@ -277,7 +286,8 @@ def run_table(
     raise ExperimentError(f"unknown table {name!r}; available: {sorted(TABLES)}")
   table = TABLES[name]
   ds = dataset.load(data_dir)
-  base = base_config(budget, ds, pretrained=pretrained)
+  base = base_config(config, ds, pretrained=pretrained)
+  budget = config_name or (config if isinstance(config, str) else "custom")
   runs = int(runs or base.experiment.runs)
   if runs < 1:
     raise ExperimentError(f"--runs must be >= 1, got {runs}")

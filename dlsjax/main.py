@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import json
 import logging
@@ -14,47 +13,14 @@ import sys
 SEARCH_SPACES = ("paper", "darts_cifar")  # configs whose search supernet `describe` reports
 
 
-def parse_override(text: str):
-  """``key.sub=value`` -> (key path, python value): Python literals, true/false, or strings."""
-  if "=" not in text:
-    raise SystemExit(f"--set expects key=value, got {text!r}")
-  key, raw = text.split("=", 1)
-  if raw.strip().lower() in ("true", "false"):  # shell-friendly booleans
-    return key.strip(), raw.strip().lower() == "true"
+def load_config(spec: str, args) -> object:
+  """``--config SPEC`` with the command line's ``--config.KEY=VALUE`` flags (configs.load)."""
+  from dlsjax import configs
+
   try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  return key.strip(), value
-
-
-def load_config(name: str, overrides: list[str] | None = None, model: str | None = None):
-  """A named config, then the ``--model`` preset (models.py), then ``--set`` overrides."""
-  from dlsjax import models
-  from dlsjax.configs import get_config
-
-  cfg = get_config(name)
-  if model is not None:
-    try:
-      models.apply_preset(cfg, model)
-    except ValueError as e:
-      raise SystemExit(f"--model: {e}") from None
-  for text in overrides or []:
-    key, value = parse_override(text)
-    node = cfg
-    *path, leaf = key.split(".")
-    try:
-      for p in path:
-        node = node[p]
-      if leaf not in node:
-        raise KeyError(leaf)
-    except (KeyError, TypeError):
-      raise SystemExit(f"--set {key}: no such config field in {name!r}") from None
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise SystemExit(f"--set {key}={value!r}: {e}") from None
-  return cfg
+    return configs.load(spec, args.config_overrides)
+  except ValueError as e:
+    raise SystemExit(f"dlsjax {args.command}: {e}") from None
 
 
 def cmd_describe(args) -> int:
@@ -67,7 +33,7 @@ def cmd_describe(args) -> int:
       raise SystemExit(
         f"describe: unknown preset {args.preset!r}; available: {sorted(genotype.PRESET_GENOTYPES)}"
       )
-    cfg = load_config("darts_cifar_train", args.set)
+    cfg = load_config("darts_cifar_train", args)
     spec = netspec.spec_from_config(cfg.model, phase="train")
     g = genotype.PRESET_GENOTYPES[args.preset]
     out = describe.describe_derived(
@@ -82,7 +48,7 @@ def cmd_describe(args) -> int:
       raise SystemExit(
         f"describe: unknown search space {args.search_space!r}; available: {list(SEARCH_SPACES)}"
       )
-    cfg = load_config(args.search_space, args.set)
+    cfg = load_config(args.search_space, args)
     spec = netspec.spec_from_config(cfg.model, phase="search")
     out = {
       "name": args.search_space,
@@ -91,7 +57,7 @@ def cmd_describe(args) -> int:
       ),
     }
   else:
-    cfg = load_config(args.config or "paper_train", args.set)
+    cfg = load_config(args.config or "paper_train", args)
     spec = netspec.spec_from_config(cfg.model, phase="train")
     try:
       g = genotype.Genotype.load(args.genotype)
@@ -146,7 +112,7 @@ def cmd_data(args) -> int:
       )  # fmt: skip
       print(f"wrote {args.out}: {d['name']}, modality {args.modality}, classes {d['classes']}")
     elif args.data_command == "build":
-      cfg = load_config(args.config, args.set)
+      cfg = load_config(args.config, args)
       opts = builder.BuildOptions.from_config(cfg.data, cfg.model.resolution)
       build_data(args, opts)
       print(dataset.load(args.data_dir).info())
@@ -183,7 +149,7 @@ def cmd_search(args) -> int:
   from dlsjax import search
   from dlsjax.data.folder import DataError
 
-  cfg = load_config(args.config, args.set, args.model)
+  cfg = load_config(args.config, args)
   start_distributed(args)
   try:
     with staged_workdir(args) as wd:
@@ -205,19 +171,15 @@ def cmd_derive(args) -> int:
   from dlsjax import derivation, derive
   from dlsjax.data.folder import DataError
 
-  overrides = {}
-  for text in args.set:
-    key, value = parse_override(text)
-    if not key.startswith("derive."):
-      raise SystemExit(f"derive: --set {key}: only derive.* fields can be set here")
-    overrides[key.removeprefix("derive.")] = value
+  try:
+    overrides = derive.parse_overrides(args.config_overrides)
+  except ValueError as e:
+    raise SystemExit(f"derive: {e}") from None
   try:
     with staged_workdir(args) as wd:
       geno = derive.derive(
         wd.local,
         data_dir=args.data_dir,
-        method=args.method,
-        metric=args.metric,
         overrides=overrides,
       )
   except (DataError, derivation.DeriveError, ValueError) as e:
@@ -232,7 +194,7 @@ def cmd_train(args) -> int:
   from dlsjax import train
   from dlsjax.data.folder import DataError
 
-  cfg = load_config(args.config, args.set, args.model)
+  cfg = load_config(args.config, args)
   if "train" not in cfg:
     raise SystemExit(f"train: config {args.config!r} has no train section (try paper_train)")
   start_distributed(args)
@@ -328,7 +290,7 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
   from dlsjax import demo
 
-  cfg = load_config(args.config, args.set)
+  cfg = load_config(args.config, args)
   with staged_workdir(args) as wd:
     report = demo.run(wd.local, cfg, data_folder=args.data_folder)
   print(f"wrote {report}" if wd.remote is None else f"wrote {args.workdir}/report.md")
@@ -343,7 +305,10 @@ def cmd_experiment(args) -> int:
     pretrained = args.pretrained and str(paths.local(args.pretrained, "--pretrained"))
     with staged_workdir(args) as wd:
       out = experiment.run_table(
-        args.table, args.data_dir, wd.local, budget=args.budget, runs=args.runs,
+        args.table, args.data_dir, wd.local, config=load_config(args.config, args), runs=args.runs,
+        config_name=" ".join(
+          [args.config, *(f"--config.{k}={v}" for k, v in args.config_overrides)]
+        ),
         pretrained=pretrained,
         only=[x.strip() for x in args.rows.split(",")] if args.rows else None,
       )  # fmt: skip
@@ -372,13 +337,16 @@ def _add_distributed(p: argparse.ArgumentParser) -> None:
   )  # fmt: skip
 
 
-def _add_set(p: argparse.ArgumentParser) -> None:
+CONFIG_HELP = (
+  "a config: NAME[:VARIANT][,MODEL] (paper, paper:tiny, paper_train:resnet18, medmnist:full) "
+  "or path/to/config.py[:ARG]; change any field with --config.KEY=VALUE "
+  "(e.g. --config.search.epochs=3)"
+)
+
+
+def _add_config(p: argparse.ArgumentParser, default: str | None) -> None:
   p.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field, e.g. --set model.c_sin_search=16",
+    "--config", default=default, metavar="SPEC", help=f"{CONFIG_HELP}; default {default}"
   )
 
 
@@ -390,14 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
   d.add_argument("--preset", help="a published genotype with its evaluation network (darts_v2)")
   d.add_argument("--search-space", help="a search space: paper | darts_cifar")
   d.add_argument("--genotype", help="a genotype.json to build with --config (training phase)")
-  d.add_argument("--config", help="config name for --genotype (default paper_train)")
   d.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    metavar="KEY=VALUE",
-    help="override a config field, e.g. --set model.c_sin_search=16",
-  )
+    "--config", metavar="SPEC",
+    help="the config of --genotype (default paper_train); --config.KEY=VALUE changes a field of "
+    "whichever config the describe reads",
+  )  # fmt: skip
   d.add_argument("--json", action="store_true", help="print one JSON object")
   d.add_argument(
     "--no-compile",
@@ -434,53 +399,49 @@ def build_parser() -> argparse.ArgumentParser:
   p = dsub.add_parser("build", help="validate a dataset folder and build the TFDS dataset")
   p.add_argument("--manual-dir", required=True, help="the dataset folder (dataset.json, ...)")
   p.add_argument("--data-dir", required=True, help="where to write the built dataset")
-  p.add_argument("--config", default="paper", help="config whose data/model fields apply")
+  _add_config(p, "paper")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --data-dir")
-  _add_set(p)
   p = dsub.add_parser("info", help="splits, class counts and preprocessing of a built dataset")
   p.add_argument("--data-dir", required=True)
   data.set_defaults(func=cmd_data)
 
   p = sub.add_parser("search", help="bi-level architecture search (weights and alphas)")
-  p.add_argument("--config", default="paper", help="config name (paper | darts_cifar)")
+  _add_config(p, "paper")
   p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
   p.add_argument("--workdir", required=True, help="run folder (checkpoints, metrics, figures)")
   p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
   p.add_argument(
     "--seeds", type=int,
-    help="N searches (seeds 0..N-1) as one vmapped program; WORKDIR/seed{k} as a --set seed=k run",
+    help="N searches (seeds 0..N-1) as one vmapped program; WORKDIR/seed{k} as a "
+    "--config.seed=k run",
   )  # fmt: skip
-  p.add_argument("--model", choices=["dls_darts", "mmnas"], help="search space preset (models.py)")
-  _add_set(p)
   _add_distributed(p)
   p.set_defaults(func=cmd_search)
 
-  p = sub.add_parser("derive", help="derive the architecture of a finished search (MPDS)")
-  p.add_argument("--workdir", required=True, help="the search's run folder")
-  p.add_argument(
-    "--method", help="a registered derivation method (built in: mpds, argmax, pt); "
-    "default: derive.method",
+  p = sub.add_parser(
+    "derive", help="derive the architecture of a finished search (MPDS)",
+    description="Reads the search's own config; --config.derive.KEY=VALUE changes its derive "
+    "section, e.g. --config.derive.method=argmax (registered methods: mpds, argmax, pt) or "
+    "--config.derive.metric=loss.",
   )  # fmt: skip
-  p.add_argument("--metric", choices=["accuracy", "loss", "auc"], help="default: derive.metric")
+  p.add_argument("--workdir", required=True, help="the search's run folder")
   p.add_argument("--data-dir", help="default: the dataset the search used")
-  _add_set(p)
   p.set_defaults(func=cmd_derive)
 
-  p = sub.add_parser("train", help="train a derived network or a baseline (--runs seeds)")
-  p.add_argument(
-    "--model",
-    help="dls_darts (default) | mmnas (both need --genotype) | resnet18 | efficientnet_b0 | "
-    "pyramidnet_shakedrop",
-  )
+  p = sub.add_parser(
+    "train", help="train a derived network or a baseline (--runs seeds)",
+    description="The model is the config's model.arch: a model name as a config variant, "
+    "e.g. --config paper_train:resnet18 (dls_darts, the default, and mmnas need --genotype; "
+    "resnet18, efficientnet_b0, pyramidnet_shakedrop do not).",
+  )  # fmt: skip
   p.add_argument("--genotype", help="genotype.json (from `dlsjax derive`) of a searched model")
   p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
   p.add_argument("--workdir", required=True, help="training folder (runs, checkpoints)")
-  p.add_argument("--config", default="paper_train", help="config name (paper_train | demo | ...)")
+  _add_config(p, "paper_train")
   p.add_argument("--runs", type=int, default=1, help="seeds to train (the paper reports 5)")
   p.add_argument("--resume", action="store_true", help="continue unfinished runs")
   p.add_argument("--stop-after", type=int, help="stop after N steps (resume later)")
-  _add_set(p)
   _add_distributed(p)
   p.set_defaults(func=cmd_train)
 
@@ -513,11 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--data-dir", required=True, help="a dataset built by `dlsjax data build`")
   p.add_argument("--workdir", required=True, help="experiment folder (shared by the tables)")
   p.add_argument(
-    "--budget",
-    default="paper",
-    choices=["paper", "demo", "tiny"],
-    help="paper: the paper's settings; demo: a table in < 30 min on 2 CPU cores",
-  )
+    "--config", default="experiment:paper", metavar="SPEC",
+    help="the budget: experiment:paper (the paper's settings), experiment:demo (a table in "
+    "< 30 min on 2 CPU cores) or experiment:tiny; --config.KEY=VALUE changes a field",
+  )  # fmt: skip
   p.add_argument("--runs", type=int, help="seeds per row (default: paper 5, demo 1)")
   p.add_argument("--pretrained", help="orbax checkpoint of ImageNet EfficientNet-B0 weights")
   p.add_argument(
@@ -527,9 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="synthesise -> build -> search -> derive -> train -> evaluate")
   p.add_argument("--workdir", default="runs/demo")
-  p.add_argument("--config", default="demo", help="demo | demo:tiny | medmnist | medmnist:full")
+  _add_config(p, "demo")
   p.add_argument("--data-folder", help="a dataset folder to use instead of the synthetic set")
-  _add_set(p)
   p.set_defaults(func=cmd_demo)
   return parser
 
@@ -537,10 +496,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / TFDS progress chatter
-  from dlsjax import runtime
+  from dlsjax import configs, runtime
 
   runtime.setup()
+  try:
+    argv, overrides = configs.split_flags(sys.argv[1:] if argv is None else argv)
+  except configs.ConfigError as e:
+    raise SystemExit(f"dlsjax: {e}") from None
   args = build_parser().parse_args(argv)
+  args.config_overrides = overrides
+  # Commands with --config take --config.KEY=VALUE; derive changes the derive.* fields of
+  # the search's own config; the others read the config their run was written with.
+  if overrides and not (hasattr(args, "config") or args.command == "derive"):
+    raise SystemExit(
+      f"dlsjax {' '.join(a for a in argv[:2] if not a.startswith('-'))}: takes no config "
+      f"(--config.{overrides[0][0]} given)"
+    )
   from dlsjax import distributed, paths
 
   try:

@@ -1,4 +1,4 @@
-"""Every trainable architecture by name: ``dlsjax train --model NAME``.
+"""Every trainable architecture by name: ``dlsjax train --config paper_train:NAME``.
 
 * ``dls_darts``: the derived DLS-DARTS network (needs a genotype).
 * ``mmnas``: MMNAS (Peng et al.) adapted to the optical modalities as the
@@ -7,8 +7,10 @@
 * the baselines of :mod:`dlsjax.baselines` (``resnet18``, ``efficientnet_b0``,
   ``pyramidnet_shakedrop``), trained from scratch on the concatenated modalities.
 
-``apply_preset(config, name)`` writes the name (and for MMNAS its search
-space) into ``config.model``; ``build(config, choice)`` makes the module.
+A model is chosen by its config: ``--config paper_train:resnet18`` (a model name is a
+variant of every config, ``dlsjax/configs``), which runs ``apply_preset(config, name)``:
+it writes the name into ``config.model.arch`` (and for MMNAS its search space);
+``build(config, choice)`` makes the module.
 """
 
 from __future__ import annotations
@@ -56,6 +58,21 @@ def apply_preset(config, name: str):
     if "derive" in config:
       config.derive.update(MMNAS_DERIVE)
   return config
+
+
+def check_arch(config) -> None:
+  """``model.arch`` names a model, and ``mmnas`` comes with its search space (set by the
+  ``:mmnas`` variant, not by the arch field alone)."""
+  if "model" not in config:
+    return
+  name = arch(config)
+  if name not in names():
+    raise ValueError(f"model.arch: unknown model {name!r}; available: {list(names())}")
+  if name == "mmnas" and config.model.get("layout") != MMNAS_MODEL["layout"]:
+    raise ValueError(
+      "model.arch=mmnas needs MMNAS' search space: name the model as a config variant "
+      "(--config paper:mmnas, --config paper_train:mmnas)"
+    )
 
 
 def baseline_overrides(config, name: str) -> dict:

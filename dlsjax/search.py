@@ -177,7 +177,7 @@ def search(
     raise SearchError(
       f"{workdir}: the seeds' checkpoints are at different positions "
       f"({dict(zip((r.workdir.name for r in runs), positions, strict=True))}); resume each "
-      "seed alone (dlsjax search --set seed=K --workdir W/seedK --resume)"
+      "seed alone (dlsjax search --config.seed=K --workdir W/seedK --resume)"
     )
   epoch, start = positions[0]
   # SIGTERM is caught from here on; config.json, written next, tells a test so.

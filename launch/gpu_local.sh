@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Search, derive, train and evaluate on this machine's GPUs (all of them; one process):
 #
-#   DATA=/data/built RUN=runs/paper launch/gpu_local.sh [--set key=value ...]
+#   DATA=/data/built RUN=runs/paper launch/gpu_local.sh [--config.KEY=VALUE ...]
 #
 # Installs dlsjax with jax[cuda12] into .venv unless it is there (SKIP_INSTALL=1 skips this).
 # DATA and RUN may be local paths or gs:// (needs `pip install '.[gcs]'` and credentials).

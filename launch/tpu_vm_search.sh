@@ -2,7 +2,7 @@
 # The paper's search on a Cloud TPU VM (one host or a pod slice), data and run in a bucket:
 #
 #   PROJECT=my-proj ZONE=us-central2-b TPU=dlsjax-v4 ACCELERATOR=v4-32 BUCKET=gs://my-bucket/dlsjax \
-#   launch/tpu_vm_search.sh [--set key=value ...]
+#   launch/tpu_vm_search.sh [--config.KEY=VALUE ...]
 #
 # Creates the VM if needed, installs dlsjax with jax[tpu] on every worker, runs
 # `dlsjax search --resume` on all workers (one process per host), then derives the

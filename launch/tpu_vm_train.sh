@@ -2,7 +2,7 @@
 # Train the derived network (the paper: 5 seeds) on a Cloud TPU VM, then evaluate on worker 0:
 #
 #   PROJECT=my-proj ZONE=us-central2-b TPU=dlsjax-v4 ACCELERATOR=v4-8 BUCKET=gs://my-bucket/dlsjax \
-#   launch/tpu_vm_train.sh [--set key=value ...]
+#   launch/tpu_vm_train.sh [--config.KEY=VALUE ...]
 #
 # GENOTYPE (default $BUCKET/runs/search/genotype.json), DATA (default $BUCKET/data/built),
 # RUN (default $BUCKET/runs/train) and RUNS (default 5) may be set. `--resume` makes a rerun

@@ -196,9 +196,9 @@ def test_pretrained_weights_load_except_stem_and_head(tmp_path):
 
 
 def test_mmnas_preset_normal_cell_first_then_reductions_only():
-  cfg = get_config("paper")
-  models.apply_preset(cfg, "mmnas")
-  assert cfg.derive.method == "argmax"
+  cfg = get_config("paper:mmnas")  # the model as a config variant
+  assert cfg.to_dict() == models.apply_preset(get_config("paper"), "mmnas").to_dict()
+  assert cfg.model.arch == "mmnas" and cfg.derive.method == "argmax"
   spec = netspec.spec_from_config(cfg.model, phase="search")
   assert spec.cells == ("normal", "reduce", "reduce", "reduce")
   kinds = (spec.stem_kind("fusing"), spec.stem_kind("fl"), spec.fl_stem_cells)
@@ -218,13 +218,24 @@ def test_mmnas_preset_normal_cell_first_then_reductions_only():
     models.apply_preset(cfg, "vgg")
 
 
-def test_train_cli_model_switch_errors(tmp_path):
+def test_train_cli_model_choice_errors(tmp_path):
   from dlsjax import main
 
   with pytest.raises(SystemExit, match="drop --genotype"):
-    main.main(["train", "--model", "resnet18", "--genotype", "g.json", "--data-dir", "d",
-               "--workdir", str(tmp_path)])  # fmt: skip
+    main.main(["train", "--config", "paper_train:resnet18", "--genotype", "g.json",
+               "--data-dir", "d", "--workdir", str(tmp_path)])  # fmt: skip
+  with pytest.raises(SystemExit, match="drop --genotype"):  # the field itself, same path
+    main.main(["train", "--config.model.arch=resnet18", "--genotype", "g.json",
+               "--data-dir", "d", "--workdir", str(tmp_path)])  # fmt: skip
   with pytest.raises(SystemExit, match="pass --genotype"):
     main.main(["train", "--data-dir", "d", "--workdir", str(tmp_path)])
-  with pytest.raises(SystemExit):
-    main.main(["train", "--model", "vgg", "--data-dir", "d", "--workdir", str(tmp_path)])
+  with pytest.raises(SystemExit, match=r"unknown config 'paper_trian' \(did you mean paper_train"):
+    main.main(["train", "--config", "paper_trian:resnet18", "--data-dir", "d",
+               "--workdir", str(tmp_path)])  # fmt: skip
+  with pytest.raises(SystemExit, match="unknown variant 'vgg'"):
+    main.main(["train", "--config", "paper_train:vgg", "--data-dir", "d",
+               "--workdir", str(tmp_path)])  # fmt: skip
+  with pytest.raises(SystemExit, match="model.arch: unknown model 'vgg'"):
+    main.main(["train", "--config.model.arch=vgg", "--data-dir", "d", "--workdir", str(tmp_path)])
+  with pytest.raises(SystemExit, match="--config paper_train:mmnas"):  # arch without its space
+    main.main(["train", "--config.model.arch=mmnas", "--data-dir", "d", "--workdir", str(tmp_path)])

@@ -35,7 +35,7 @@ def test_describe_search_spaces_json(capsys):
   # The lowered facts, on a small paper-structured search space.
   small = ["model.c_sin_search=4", "model.resolution=8", "model.k_r=1",
            "model.op_set=none,skip_connect,sep_conv_3x3"]  # fmt: skip
-  sets = [a for s in small for a in ("--set", s)]
+  sets = [f"--config.{s}" for s in small]
   out = json.loads(
     run_cli(capsys, "describe", "--search-space", "paper", "--json", "--no-compile", *sets)
   )
@@ -52,21 +52,17 @@ def test_describe_genotype_file_and_table(capsys, tmp_path):
   path = tmp_path / "g.json"
   g.save(path)
   sets = [
-    "--set",
-    "model.c_sin_train=4",
-    "--set",
-    "model.resolution=8",
-    "--set",
-    "model.k_r=1",
-    "--set",
-    "model.op_set=" + ",".join(spec.op_set),
+    "--config.model.c_sin_train=4",
+    "--config.model.resolution=8",
+    "--config.model.k_r=1",
+    "--config.model.op_set=" + ",".join(spec.op_set),
   ]
   out = run_cli(capsys, "describe", "--genotype", str(path), "--config", "paper_train", *sets)
   assert "params" in out and "flops_per_image" in out and "compile_s" in out
-  with pytest.raises(SystemExit, match="no such config field"):
-    main.main(["describe", "--genotype", str(path), "--set", "model.nope=1"])
-  with pytest.raises(SystemExit, match="model.k_r='three'"):
-    main.main(["describe", "--genotype", str(path), "--set", "model.k_r=three"])
+  with pytest.raises(SystemExit, match="no such field"):
+    main.main(["describe", "--genotype", str(path), "--config.model.nope=1"])
+  with pytest.raises(SystemExit, match="--config.model.k_r=three"):
+    main.main(["describe", "--genotype", str(path), "--config.model.k_r=three"])
   path.write_text("{}")
   with pytest.raises(SystemExit, match="missing field 'op_set'"):
     main.main(["describe", "--genotype", str(path), *sets])
@@ -101,7 +97,7 @@ def test_data_commands(capsys, tmp_path):
   )
   out = run_cli(
     capsys, "data", "build", "--manual-dir", str(tmp_path / "g"), "--data-dir", str(tmp_path / "b"),
-    "--set", "model.resolution=16", "--set", "data.test_patients=1",
+    "--config.model.resolution=16", "--config.data.test_patients=1",
   )  # fmt: skip
   assert "dlsjax_synthetic" in out and "16x16" in out
   info = run_cli(capsys, "data", "info", "--data-dir", str(tmp_path / "b"))
@@ -113,14 +109,14 @@ def test_data_commands(capsys, tmp_path):
   with pytest.raises(SystemExit, match=r"data build: .*exists and is not empty"):
     main.main(
       ["data", "build", "--manual-dir", str(tmp_path / "g"), "--data-dir", str(tmp_path / "b"),
-       "--set", "data.test_patients=1"]
+       "--config.data.test_patients=1"]
     )  # fmt: skip
-  with pytest.raises(SystemExit, match=r"--set data.nope: no such config field"):
-    main.main(["data", "build", "--manual-dir", "g", "--data-dir", "b", "--set", "data.nope=1"])
+  with pytest.raises(SystemExit, match=r"--config.data.nope: no such field in paper"):
+    main.main(["data", "build", "--manual-dir", "g", "--data-dir", "b", "--config.data.nope=1"])
 
 
 def test_invalid_model_config_is_a_clear_error():
   with pytest.raises(SystemExit, match="model.resolution 28 is not divisible by 2\\^3"):
     main.main(
-      ["describe", "--search-space", "paper", "--structure-only", "--set", "model.resolution=28"]
+      ["describe", "--search-space", "paper", "--structure-only", "--config.model.resolution=28"]
     )

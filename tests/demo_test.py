@@ -169,9 +169,9 @@ def check_gradcam_and_predict(w, tmp_path, capsys):
 
 
 def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
-  """``dlsjax experiment table3 --budget tiny`` on the demo's data with every row but "- MPDS"
-  (``--rows``; that row's genotype is checked without training it), rerun without recomputing;
-  a baseline via ``train --model``.
+  """``dlsjax experiment table3 --config experiment:tiny`` on the demo's data with every row but
+  "- MPDS" (``--rows``; that row's genotype is checked without training it), rerun without
+  recomputing; a baseline via ``train --config experiment:tiny,resnet18``.
 
   The table's search is the demo's own (the same config, asserted below), copied in as a
   finished search, which keeps this test within the suite's time budget; the experiment runs
@@ -200,7 +200,7 @@ def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
     (s_dir / name).unlink()  # the demo's MPDS result: the experiment derives its own
   picked = ["DLS-DARTS", "- Fusing Stem", "- FL Stem", "- Learnable Stems"]
   code, out = main_in_process(capsys, "experiment", "table3", "--data-dir", str(w / "data_built"),
-                              "--workdir", str(exp), "--budget", "tiny", "--rows",
+                              "--workdir", str(exp), "--config", "experiment:tiny", "--rows",
                               ",".join(picked))  # fmt: skip
   assert code == 0, out
   md = (exp / "table3.md").read_text()
@@ -230,18 +230,19 @@ def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
   assert len(stamps) == 1
   t0 = time.perf_counter()
   assert experiment.run_table(
-    "table3", w / "data_built", exp, budget="tiny", only=picked, progress=False
+    "table3", w / "data_built", exp, config="experiment:tiny", only=picked, progress=False
   )
   assert time.perf_counter() - t0 < 60
   assert {p: p.stat().st_mtime for p in exp.glob("rows/*/row.json")} == stamps  # nothing redone
   with pytest.raises(experiment.ExperimentError, match=r"table3 has no row \['nope'\]"):
-    experiment.run_table("table3", w / "data_built", exp, budget="tiny", only=["nope"])
+    experiment.run_table("table3", w / "data_built", exp, config="experiment:tiny", only=["nope"])
 
-  # A baseline through `train --model`, evaluated like the NAS model.
+  # A baseline as a config variant (`train --config experiment:tiny,resnet18`), evaluated
+  # like the NAS model.
   t = tmp_path / "resnet" / "train"
   code, out = main_in_process(
-    capsys, "train", "--model", "resnet18", "--config", "experiment:tiny", "--data-dir",
-    str(w / "data_built"), "--workdir", str(t), "--set", "train.epochs=1",
+    capsys, "train", "--config", "experiment:tiny,resnet18", "--data-dir",
+    str(w / "data_built"), "--workdir", str(t), "--config.train.epochs=1",
   )  # fmt: skip
   assert code == 0, out
   result = evaluate.evaluate(t, trials=20, throughput_batches=0)

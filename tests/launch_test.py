@@ -35,13 +35,18 @@ def dlsjax_args(shell: str) -> list[str]:
 
 
 def parses(args: list[str]) -> None:
-  main.build_parser().parse_args(args)  # SystemExit on an unknown flag
+  from dlsjax import configs
+
+  rest, overrides = configs.split_flags(args)
+  main.build_parser().parse_args(rest)  # SystemExit on an unknown flag
+  for key, _ in overrides:
+    assert key.split(".")[0] in ("search", "train", "derive", "model", "data", "seed")
 
 
 @pytest.mark.parametrize("accelerator,hosts", [("v4-8", 1), ("v4-32", 4)])
 def test_tpu_vm_search_dry_run(accelerator, hosts):
   cmds, err = dry_run(
-    "tpu_vm_search.sh", "--set", "search.epochs=2", ACCELERATOR=accelerator, **TPU_ENV
+    "tpu_vm_search.sh", "--config.search.epochs=2", ACCELERATOR=accelerator, **TPU_ENV
   )
   assert f"slice {accelerator}: {hosts} host(s)" in err
   create, install, search, derive = cmds
@@ -55,7 +60,7 @@ def test_tpu_vm_search_dry_run(accelerator, hosts):
   args = dlsjax_args(remote(search))
   assert args == [
     "search", "--config", "paper", "--data-dir", "gs://bkt/dj/data/built",
-    "--workdir", "gs://bkt/dj/runs/search", "--resume", "--set", "search.epochs=2",
+    "--workdir", "gs://bkt/dj/runs/search", "--resume", "--config.search.epochs=2",
   ]  # fmt: skip
   parses(args)
   # The derivation runs once, on worker 0, with that host's chips only on a multi-host slice.
@@ -87,14 +92,14 @@ def test_tpu_vm_train_dry_run_and_missing_settings():
 
 
 def test_gpu_local_dry_run():
-  cmds, _ = dry_run("gpu_local.sh", "--set", "search.epochs=3", DATA="gs://bkt/built", RUN="r")
+  cmds, _ = dry_run("gpu_local.sh", "--config.search.epochs=3", DATA="gs://bkt/built", RUN="r")
   assert cmds[1][-1] == "jax[cuda12]"
   stages = [c[1:] for c in cmds if c[0] == ".venv/bin/dlsjax"]
   assert [s[0] for s in stages] == ["search", "derive", "train", "evaluate"]
   for s in stages:
     parses(s)
   assert "--resume" in stages[0] and "--resume" in stages[2]
-  assert stages[0][-2:] == ["--set", "search.epochs=3"]
+  assert stages[0][-1:] == ["--config.search.epochs=3"]
 
 
 def test_launch_scripts_are_valid_bash():

@@ -20,7 +20,7 @@ def test_medmnist_tiny_pipeline_selects_on_val_and_reports_binary_auc(tmp_path):
   cli("data", "from-npz", "tests/data/breastmnist_subset.npz", "--out", str(folder),
       "--modality", "US", "--classes", "malignant,benign")  # fmt: skip
   cli("demo", "--config", "medmnist:tiny", "--data-folder", str(folder), "--workdir", str(w),
-      "--set", "train.epochs=4")  # fmt: skip
+      "--config.train.epochs=4")  # fmt: skip
   m = json.loads((w / "train" / "metrics.json").read_text())
   assert m["runs_evaluated"] == ["run0", "run1"]  # the config's seeds
   probs = np.load(w / "train" / "probabilities.npz")

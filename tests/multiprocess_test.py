@@ -48,7 +48,7 @@ def env(devices: int) -> dict:
 
 
 def search_args(data_dir, workdir, *extra):
-  sets = [a for s in TINY for a in ("--set", s)]
+  sets = [f"--config.{s}" for s in TINY]
   return [
     "search", "--config", "paper", "--data-dir", str(data_dir), "--workdir", str(workdir),
     *sets, *extra,
@@ -136,7 +136,7 @@ def test_two_processes_search_like_one_and_survive_preemption_and_kills(data_dir
   pre = tmp_path / "preempted"
   log_dir = tmp_path / "log_pre"
   log_dir.mkdir()
-  args = search_args(data_dir, pre, "--set", "search.parallel=shard_map")
+  args = search_args(data_dir, pre, "--config.search.parallel=shard_map")
   procs = start(args, processes=2, devices=2, log_dir=log_dir)
   wait_for(pre / "config.json", procs)
   procs[1][0].send_signal(signal.SIGTERM)
@@ -151,7 +151,7 @@ def test_two_processes_search_like_one_and_survive_preemption_and_kills(data_dir
   logs = run(search_args(data_dir, pre, "--resume"), processes=1, devices=4,
              log_dir=tmp_path / "log_shape", expect=1)  # fmt: skip
   assert "written by 2 process(es) with 4 device(s), this run has 1 with 4" in logs[0]
-  args = search_args(data_dir, pre, "--resume", "--set", "search.w_lr=0.5")
+  args = search_args(data_dir, pre, "--resume", "--config.search.w_lr=0.5")
   logs = run(args, processes=2, devices=2, log_dir=tmp_path / "log_cfg", expect=1)
   assert "search.w_lr: 0.0025 then, 0.5 now" in logs[0]
   logs = run(search_args(data_dir, pre, "--resume"), processes=2, devices=2,
@@ -180,9 +180,9 @@ def test_two_processes_search_like_one_and_survive_preemption_and_kills(data_dir
 def train_args(data_dir, genotype, workdir, *extra):
   return [
     "train", "--config", "demo:tiny", "--data-dir", str(data_dir), "--workdir", str(workdir),
-    "--genotype", str(genotype), "--set", "train.batch_size=8",
+    "--genotype", str(genotype), "--config.train.batch_size=8",
     # CutMix pairs images within a process's rows, so it differs by design; off here.
-    "--set", "train.cutmix_beta=0.0", *extra,
+    "--config.train.cutmix_beta=0.0", *extra,
   ]  # fmt: skip
 
 
@@ -250,7 +250,7 @@ def test_bad_multiprocess_settings_are_named(data_dir, tmp_path):
   with pytest.raises(SystemExit, match=r"needs --process-id"):
     main.main([*args, "--coordinator", "localhost:1", "--num-processes", "2"])
   # A global batch that does not split over the processes (both stop with the same error).
-  logs = run(search_args(data_dir, tmp_path / "b", "--set", "search.batch_size=5"),
+  logs = run(search_args(data_dir, tmp_path / "b", "--config.search.batch_size=5"),
              processes=2, devices=2, log_dir=tmp_path / "lb", expect=1)  # fmt: skip
   for log in logs:
     assert "search.batch_size 5 does not split over 2 processes" in log

@@ -11,8 +11,8 @@ from genotype_test import random_choice
 from supernet_test import random_images
 
 from dlsjax import derivation, derive, derived_net, genotype, parts, search, supernet, train
+from dlsjax.configs import load as load_config
 from dlsjax.derivation import masks, scoring
-from dlsjax.main import load_config
 from dlsjax.netspec import Modality
 
 

@@ -139,14 +139,14 @@ def test_search_with_a_bucket_for_data_and_workdir_resumes_from_the_bucket(gcs, 
   npz.from_npz(BREAST, tmp_path / "folder", modality="US")
   upload(tmp_path / "folder", "gs://bucket/folder")
   main.main(["data", "build", "--manual-dir", "gs://bucket/folder", "--data-dir",
-             "gs://bucket/built", "--config", "paper", "--set", "model.resolution=8"])  # fmt: skip
+             "gs://bucket/built", "--config", "paper", "--config.model.resolution=8"])  # fmt: skip
   assert (epath.Path("gs://bucket/built") / builder.METADATA).exists()
   assert not epath.Path("gs://bucket/built.partial").exists()
   with pytest.raises(SystemExit, match="exists"):
     main.main(["data", "build", "--manual-dir", "gs://bucket/folder", "--data-dir",
                "gs://bucket/built", "--config", "paper"])  # fmt: skip
 
-  sets = [a for s in TINY for a in ("--set", s)]
+  sets = [f"--config.{s}" for s in TINY]
   cmd = ["search", "--config", "paper", "--data-dir", "gs://bucket/built",
          "--workdir", "gs://bucket/run", *sets]  # fmt: skip
   main.main([*cmd, "--stop-after", "3"])  # checkpoint at step 2 (every 2 steps), uploaded

@@ -36,7 +36,7 @@ def data_dir(tmp_path_factory):
 
 
 def command(data_dir, workdir, *extra):
-  sets = [a for s in TINY for a in ("--set", s)]
+  sets = [f"--config.{s}" for s in TINY]
   return [
     sys.executable, "-m", "dlsjax.main", "search", "--config", "paper",
     "--data-dir", str(data_dir), "--workdir", str(workdir), *sets, *extra,
@@ -123,7 +123,7 @@ def in_process(cmd):
 
 
 def test_search_errors_name_the_problem(data_dir, tmp_path):
-  bad = [*command(data_dir, tmp_path / "w"), "--set", "model.num_classes=4"]
+  bad = [*command(data_dir, tmp_path / "w"), "--config.model.num_classes=4"]
   with pytest.raises(SystemExit, match=r"2 classes.*model\.num_classes is 4"):
     in_process(bad)
   with pytest.raises(SystemExit, match="not a built dlsjax dataset"):
@@ -155,7 +155,7 @@ def check_derive_argmax_and_pt(full_run, tmp_path):
 
 @pytest.mark.heavy
 def test_vmapped_seeds_equal_the_single_runs(data_dir, tmp_path):
-  """``--seeds 2``: one vmapped program; W/seed1 = ``--set seed=1`` alone (alphas, records),
+  """``--seeds 2``: one vmapped program; W/seed1 = ``--config.seed=1`` alone (alphas, records),
   also after a SIGTERM and ``--resume``."""
   many, one = tmp_path / "many", tmp_path / "one"
   # SIGTERM (one process) once the handler is in place: a checkpoint of step 1 in every seed
@@ -178,7 +178,7 @@ def test_vmapped_seeds_equal_the_single_runs(data_dir, tmp_path):
     ]
   out = run(command(data_dir, many, "--seeds", "2", "--resume"))  # DropPath 0.2 included
   assert "ran 9 steps in this call (from step 1)" in out.stderr
-  run(command(data_dir, one, "--set", "seed=1"))
+  run(command(data_dir, one, "--config.seed=1"))
   assert "seed1/genotype_argmax.json" in out.stdout
   for f in ("alphas.npz", "genotype_argmax.json", "config.json", "metrics.jsonl"):
     assert (many / "seed0" / f).is_file() and (many / "seed1" / f).is_file(), f

@@ -102,7 +102,7 @@ def test_a_non_finite_loss_stops_search_and_training_naming_the_step(tmp_path, m
   from genotype_test import random_choice
 
   from dlsjax import genotype, losses, netspec, search
-  from dlsjax.main import load_config
+  from dlsjax.configs import load as load_config
 
   data = built_breast_subset(tmp_path / "data")
   config = load_config("demo", TINY_PIPELINE)

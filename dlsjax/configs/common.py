@@ -108,7 +108,7 @@ def run_options() -> dict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Dataset building and loading (paper Section III-A; ``dlsjax data build --set data.x=...``)."""
+  """Dataset building and loading (paper Section III-A; ``dlsjax data build --config.data.x=``)."""
   d = ml_collections.ConfigDict()
   d.preprocess = "build"  # build: preprocess once into the dataset | on_the_fly: in the loader
   d.gray_channels = 3  # single-channel images duplicated to this many (paper: fluorescence to 3)

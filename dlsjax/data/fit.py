@@ -4,7 +4,7 @@
 ``model.resolution`` set to ``None`` in a config mean "the dataset's":
 ``fit_config(config, ds)`` fills them from the built dataset (names, channels
 after preprocessing, fluorescence flags, class names, build resolution), so
-``dlsjax search --config demo --data-dir ANY`` needs no ``--set``. A value a
+``dlsjax search --config demo --data-dir ANY`` needs no ``--config.model.*`` overrides. A value a
 config pins is kept and checked: a pinned value the dataset contradicts is an
 error naming the field (``check_data_matches_model``); class names are only
 labels, so the dataset's replace a pinned list of the same length (logged).
