@@ -187,7 +187,7 @@ def check_experiment_table3_and_a_baseline(w, tmp_path, capsys):
 
   exp = tmp_path / "exp"
   ds = dataset.load(w / "data_built")
-  base = experiment.base_config("tiny", ds)
+  base = experiment.base_config("experiment:tiny", ds)
   table_rows = experiment.rows_for(experiment.TABLES["table3"], base)
   (mpds_cfg, _), (argmax_cfg, _) = (experiment.row_configs(r, base) for r in table_rows[:2])
   demo_cfg = ml_collections.ConfigDict(json.loads((w / "search" / "config.json").read_text()))
