@@ -120,3 +120,7 @@ def test_invalid_model_config_is_a_clear_error():
     main.main(
       ["describe", "--search-space", "paper", "--structure-only", "--config.model.resolution=28"]
     )
+  with pytest.raises(SystemExit, match="'paper_train' has no search section"):
+    main.main(["describe", "--search-space", "paper_train", "--structure-only"])
+  out = main.main(["describe", "--search-space", "paper:tiny", "--structure-only", "--json"])
+  assert out == 0  # any search config's spec names a search space
