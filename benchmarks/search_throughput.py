@@ -142,14 +142,13 @@ def main(argv=None) -> int:
   ap.add_argument("--inline", action="store_true", help=argparse.SUPPRESS)
   argv, overrides = configs.split_flags(sys.argv[1:] if argv is None else argv)
   args = ap.parse_args(argv)  # and --config.KEY=VALUE: config overrides
-  args.set = overrides
   if args.vs_torch and not any(
     n.startswith("darts_cifar") for n in ([args.only] if args.only else MEASUREMENTS)
   ):
     raise SystemExit("--vs-torch compares the darts_cifar_* steps (the PyTorch reference's)")
   names = [args.only] if args.only else list(MEASUREMENTS)
   if args.inline:
-    print(json.dumps(measure(names[0], args.steps, args.batch, args.set, args.seeds)), flush=True)
+    print(json.dumps(measure(names[0], args.steps, args.batch, overrides, args.seeds)), flush=True)
     return 0
   for name in names:  # one process each: peak RSS and compile caches are per measurement
     cmd = [sys.executable, __file__, "--inline", "--only", name, "--steps", str(args.steps)]
@@ -157,7 +156,7 @@ def main(argv=None) -> int:
       cmd += ["--batch", str(args.batch)]
     if args.seeds:
       cmd += ["--seeds", str(args.seeds)]
-    cmd += [f"--config.{k}={v}" for k, v in args.set]
+    cmd += [f"--config.{k}={v}" for k, v in overrides]
     env = dict(os.environ)
     if args.cpu_devices:
       flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"

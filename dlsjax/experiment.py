@@ -187,12 +187,12 @@ def base_config(config, ds, *, pretrained: str | None = None):
 
 
 def set_path(cfg, key: str, value) -> None:
-  node = cfg
-  *path, leaf = key.split(".")
-  for p in path:
-    node = node[p]
-  if leaf not in node:
-    raise KeyError(f"config has no field {key}")
+  from dlsjax.configs import field_parent
+
+  try:
+    node, leaf = field_parent(cfg, key)
+  except KeyError:
+    raise KeyError(f"config has no field {key}") from None
   node[leaf] = value
 
 

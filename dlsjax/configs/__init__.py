@@ -113,16 +113,26 @@ def parse_value(raw: str, current):
     return raw
 
 
-def override(cfg, key: str, raw: str, *, spec: str = "config") -> None:
-  """Set ``cfg.<key>`` from command-line text; the error names the key (and the nearest)."""
+def field_parent(cfg, key: str):
+  """``(node, leaf)`` with ``node[leaf]`` the existing field ``key`` (``a.b.c``) of ``cfg``;
+  ``KeyError`` when there is no such field."""
   node = cfg
   *path, leaf = key.split(".")
   try:
     for p in path:
       node = node[p]
     if not hasattr(node, "keys") or leaf not in node:
-      raise KeyError(leaf)
+      raise KeyError(key)
   except (KeyError, TypeError):
+    raise KeyError(key) from None
+  return node, leaf
+
+
+def override(cfg, key: str, raw: str, *, spec: str = "config") -> None:
+  """Set ``cfg.<key>`` from command-line text; the error names the key (and the nearest)."""
+  try:
+    node, leaf = field_parent(cfg, key)
+  except KeyError:
     close = difflib.get_close_matches(key, _leaf_keys(cfg), n=1)
     hint = f" (did you mean --config.{close[0]}?)" if close else ""
     raise ConfigError(f"--config.{key}: no such field in {spec}{hint}") from None
